@@ -1,0 +1,130 @@
+"""One descriptor per network: input/output names, dtypes, symbolic axes and shape ranges.
+
+The exporter builds its dynamic shapes from these and writes them into the manifest; the
+runtime builds its feeds from the same names. Symbolic axes are plain strings; an axis that
+must be a multiple of something is declared in `ComponentSpec.axis_multiples`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# Latent-space range of the exported spatial axes. 8..256 latent pixels covers 64..2048 px
+# for an f=8 VAE; the range only bounds the exporter's symbolic shapes and the
+# TensorRT-style profiles of later backends.
+LATENT_MIN, LATENT_MAX = 8, 256
+BATCH_MAX = 64
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: str  # numpy dtype name: "float32", "int64"
+    shape: tuple[str | int, ...]  # a symbolic axis name or a fixed size per dimension
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "TensorSpec":
+        return cls(data["name"], data["dtype"], tuple(data["shape"]))
+
+
+@dataclass(frozen=True)
+class ComponentSpec:
+    name: str  # folder name in the artifact
+    role: str  # how a pipeline uses it: text_encoder | denoiser | vae_decoder | vae_encoder
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    # axis -> (min, max); an axis missing here is unbounded.
+    axis_ranges: dict[str, tuple[int, int]] = field(default_factory=dict)
+    # axis -> the multiple its size must be (the UNet's down/up-sampling depth).
+    axis_multiples: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def input_names(self) -> list[str]:
+        return [t.name for t in self.inputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [t.name for t in self.outputs]
+
+    def to_json(self) -> dict:
+        return {
+            "role": self.role,
+            "inputs": [t.to_json() for t in self.inputs],
+            "outputs": [t.to_json() for t in self.outputs],
+            "axis_ranges": {k: list(v) for k, v in self.axis_ranges.items()},
+            "axis_multiples": dict(self.axis_multiples),
+        }
+
+    @classmethod
+    def from_json(cls, name: str, data: dict) -> "ComponentSpec":
+        return cls(
+            name=name,
+            role=data["role"],
+            inputs=tuple(TensorSpec.from_json(t) for t in data["inputs"]),
+            outputs=tuple(TensorSpec.from_json(t) for t in data["outputs"]),
+            axis_ranges={k: tuple(v) for k, v in data.get("axis_ranges", {}).items()},
+            axis_multiples=dict(data.get("axis_multiples", {})),
+        )
+
+
+def text_encoder_spec(hidden_size: int, max_length: int) -> ComponentSpec:
+    return ComponentSpec(
+        name="text_encoder",
+        role="text_encoder",
+        inputs=(TensorSpec("input_ids", "int64", ("batch", "sequence")),),
+        outputs=(
+            TensorSpec("last_hidden_state", "float32", ("batch", "sequence", hidden_size)),
+            TensorSpec("pooler_output", "float32", ("batch", hidden_size)),
+        ),
+        axis_ranges={"batch": (1, BATCH_MAX), "sequence": (1, max_length)},
+    )
+
+
+def unet_spec(in_channels: int, out_channels: int, text_hidden_size: int, latent_multiple: int) -> ComponentSpec:
+    # The sequence axis of the text embeddings is dynamic so that long prompts (several
+    # 77-token chunks concatenated) reach the cross-attention unchanged.
+    return ComponentSpec(
+        name="unet",
+        role="denoiser",
+        inputs=(
+            TensorSpec("sample", "float32", ("batch", in_channels, "latent_height", "latent_width")),
+            TensorSpec("timestep", "float32", ("batch",)),
+            TensorSpec("encoder_hidden_states", "float32", ("batch", "sequence", text_hidden_size)),
+        ),
+        outputs=(TensorSpec("out_sample", "float32", ("batch", out_channels, "latent_height", "latent_width")),),
+        axis_ranges={
+            "batch": (1, BATCH_MAX),
+            "latent_height": (max(LATENT_MIN, latent_multiple), LATENT_MAX),
+            "latent_width": (max(LATENT_MIN, latent_multiple), LATENT_MAX),
+            "sequence": (1, 77 * 8),
+        },
+        axis_multiples={"latent_height": latent_multiple, "latent_width": latent_multiple},
+    )
+
+
+def vae_decoder_spec(latent_channels: int, scale_factor: int) -> ComponentSpec:
+    return ComponentSpec(
+        name="vae_decoder",
+        role="vae_decoder",
+        inputs=(TensorSpec("latent_sample", "float32", ("batch", latent_channels, "latent_height", "latent_width")),),
+        outputs=(TensorSpec("sample", "float32", ("batch", 3, "height", "width")),),
+        axis_ranges={"batch": (1, BATCH_MAX), "latent_height": (1, LATENT_MAX), "latent_width": (1, LATENT_MAX)},
+    )
+
+
+def vae_encoder_spec(latent_channels: int, scale_factor: int) -> ComponentSpec:
+    # The encoder returns the diagonal Gaussian's parameters (mean, log-variance stacked on
+    # the channel axis) so that the runtime samples it with its own portable noise.
+    return ComponentSpec(
+        name="vae_encoder",
+        role="vae_encoder",
+        inputs=(TensorSpec("sample", "float32", ("batch", 3, "height", "width")),),
+        outputs=(
+            TensorSpec("latent_parameters", "float32", ("batch", 2 * latent_channels, "latent_height", "latent_width")),
+        ),
+        axis_ranges={"batch": (1, BATCH_MAX), "height": (scale_factor, LATENT_MAX * scale_factor),
+                     "width": (scale_factor, LATENT_MAX * scale_factor)},
+        axis_multiples={"height": scale_factor, "width": scale_factor},
+    )

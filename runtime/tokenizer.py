@@ -1,0 +1,97 @@
+"""CLIP's byte-pair-encoding tokenizer in plain Python, reading vocab.json + merges.txt.
+
+It follows CLIP's `simple_tokenizer.py` (openai/CLIP): unescape HTML, collapse whitespace,
+lower-case, split with CLIP's pattern, byte-encode, apply merges by rank. CLIP also runs
+`ftfy.fix_text` first; sdrt does not, which only matters for mis-encoded (mojibake) text.
+"""
+from __future__ import annotations
+
+import html
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import regex
+
+from ..models.clip_vocab import bytes_to_unicode
+
+_PATTERN = regex.compile(
+    r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+""",
+    regex.IGNORECASE,
+)
+
+
+class ClipTokenizer:
+    def __init__(self, vocab: dict[str, int], merges: list[tuple[str, str]], *, bos_id: int, eos_id: int,
+                 pad_id: int, max_length: int = 77):
+        self.encoder = vocab
+        self.bpe_ranks = {pair: rank for rank, pair in enumerate(merges)}
+        self.byte_encoder = bytes_to_unicode()
+        self.bos_id, self.eos_id, self.pad_id = bos_id, eos_id, pad_id
+        self.max_length = max_length
+        self._cache: dict[str, str] = {}
+
+    @classmethod
+    def from_folder(cls, folder: Path, *, bos_id: int, eos_id: int, pad_id: int, max_length: int) -> "ClipTokenizer":
+        folder = Path(folder)
+        vocab = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
+        lines = (folder / "merges.txt").read_text(encoding="utf-8").split("\n")
+        merges = [tuple(line.split()) for line in lines if line and not line.startswith("#version")]
+        return cls(vocab, merges, bos_id=bos_id, eos_id=eos_id, pad_id=pad_id, max_length=max_length)
+
+    def _bpe(self, token: str) -> str:
+        if token in self._cache:
+            return self._cache[token]
+        word = tuple(token[:-1]) + (token[-1] + "</w>",)
+        while len(word) > 1:
+            pairs = {(word[i], word[i + 1]) for i in range(len(word) - 1)}
+            best = min(pairs, key=lambda p: self.bpe_ranks.get(p, float("inf")))
+            if best not in self.bpe_ranks:
+                break
+            first, second = best
+            merged: list[str] = []
+            i = 0
+            while i < len(word):
+                if i < len(word) - 1 and word[i] == first and word[i + 1] == second:
+                    merged.append(first + second)
+                    i += 2
+                else:
+                    merged.append(word[i])
+                    i += 1
+            word = tuple(merged)
+        result = " ".join(word)
+        self._cache[token] = result
+        return result
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of `text`, without the start/end tokens."""
+        text = html.unescape(html.unescape(text))
+        text = regex.sub(r"\s+", " ", text).strip().lower()
+        ids: list[int] = []
+        for piece in _PATTERN.findall(text):
+            piece = "".join(self.byte_encoder[b] for b in piece.encode("utf-8"))
+            ids.extend(self.encoder[t] for t in self._bpe(piece).split(" "))
+        return ids
+
+    def __call__(self, prompts: list[str]) -> np.ndarray:
+        """(len(prompts), max_length) int64 ids: start token, text, end token, padding.
+
+        Text longer than max_length - 2 tokens is truncated with a warning that says how
+        many tokens were dropped.
+        """
+        rows = []
+        room = self.max_length - 2
+        for prompt in prompts:
+            ids = self.encode(prompt)
+            if len(ids) > room:
+                warnings.warn(
+                    f"The prompt is {len(ids)} tokens long; CLIP reads {room}, so the last "
+                    f"{len(ids) - room} tokens were dropped: {prompt[:60]!r}...",
+                    stacklevel=3,
+                )
+                ids = ids[:room]
+            row = [self.bos_id, *ids, self.eos_id]
+            row += [self.pad_id] * (self.max_length - len(row))
+            rows.append(row)
+        return np.asarray(rows, dtype=np.int64)

@@ -1,0 +1,101 @@
+"""Sampler plans against diffusers' schedulers: same model outputs, same noise, every step."""
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+diffusers = pytest.importorskip("diffusers")
+
+from sdrt.models.configs import SD1_SCHEDULER
+from sdrt.runtime.errors import RequestError
+from sdrt.runtime.loop import run_plan
+from sdrt.runtime.samplers import SAMPLERS, SamplerPlan, compile_plan
+
+ORACLES = {
+    "ddim": ("DDIMScheduler", {}),
+    "pndm": ("PNDMScheduler", {}),
+    "euler": ("EulerDiscreteScheduler", {}),
+    "euler_a": ("EulerAncestralDiscreteScheduler", {}),
+    "dpmpp_2m": ("DPMSolverMultistepScheduler", {"use_karras_sigmas": False}),
+    "dpmpp_2m_karras": ("DPMSolverMultistepScheduler", {"use_karras_sigmas": True}),
+    "lcm": ("LCMScheduler", {}),
+}
+
+CONFIGS = {
+    "sd15": dict(SD1_SCHEDULER),
+    "v_trailing": {**SD1_SCHEDULER, "prediction_type": "v_prediction", "timestep_spacing": "trailing",
+                   "steps_offset": 0},
+    "linspace_linear": {**SD1_SCHEDULER, "timestep_spacing": "linspace", "beta_schedule": "linear",
+                        "beta_start": 0.0001, "beta_end": 0.02, "steps_offset": 0},
+    "no_spacing_key": {k: v for k, v in SD1_SCHEDULER.items() if k not in ("timestep_spacing", "set_alpha_to_one")},
+}
+
+SHAPE = (2, 4, 8, 8)
+
+
+def fake_model(x: np.ndarray, t: float) -> np.ndarray:
+    """A deterministic stand-in for the UNet, nonlinear in both x and t."""
+    rng = np.random.default_rng(1234)
+    pattern = rng.standard_normal(SHAPE).astype(np.float32)
+    return (np.tanh(0.7 * x) * np.float32(np.cos(t / 150.0)) + np.float32(0.3) * pattern).astype(np.float32)
+
+
+def diffusers_trajectory(sampler, config, steps, initial):
+    cls_name, overrides = ORACLES[sampler]
+    scheduler = getattr(diffusers, cls_name).from_config({**config, **overrides})
+    scheduler.set_timesteps(steps)
+    generator = torch.Generator().manual_seed(7)
+    x = torch.from_numpy(initial) * scheduler.init_noise_sigma
+    result = []
+    for t in scheduler.timesteps:
+        x_in = scheduler.scale_model_input(x, t)
+        out = torch.from_numpy(fake_model(x_in.numpy(), float(t)))
+        kwargs = {"generator": generator} if sampler in ("euler_a", "lcm") else {}
+        x = scheduler.step(out, t, x, **kwargs).prev_sample
+        result.append((float(t), x.numpy().copy()))
+    return float(scheduler.init_noise_sigma), result
+
+
+def sdrt_trajectory(sampler, config, steps, initial):
+    plan = compile_plan(sampler, config, steps)
+    generator = torch.Generator().manual_seed(7)
+
+    def noise(index, shape):
+        return torch.randn(shape, generator=generator, dtype=torch.float32).numpy()
+
+    x = initial * np.float32(plan.init_noise_sigma)
+    steps_out = [(step.timestep, x_next.copy()) for step, (_, x_next) in
+                 zip(plan.steps, run_plan(plan, x, fake_model, noise))]
+    return plan.init_noise_sigma, steps_out
+
+
+@pytest.mark.parametrize("config_name", list(CONFIGS))
+@pytest.mark.parametrize("steps", [4, 20])
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_plan_matches_diffusers_every_step(sampler, config_name, steps):
+    config = CONFIGS[config_name]
+    if sampler == "ddim" and "clip_sample" not in config:
+        config = {**config, "clip_sample": False}
+    initial = np.random.default_rng(0).standard_normal(SHAPE).astype(np.float32)
+    ref_sigma, reference = diffusers_trajectory(sampler, config, steps, initial)
+    sigma, ours = sdrt_trajectory(sampler, config, steps, initial)
+    assert sigma == pytest.approx(ref_sigma, rel=1e-6)
+    assert [t for t, _ in ours] == pytest.approx([t for t, _ in reference], abs=1e-3)
+    for index, ((_, mine), (_, theirs)) in enumerate(zip(ours, reference)):
+        rel = np.abs(mine - theirs).max() / np.abs(theirs).max()
+        assert rel <= 1e-5, f"{sampler} step {index}: relative error {rel:.2e}"
+
+
+def test_plan_round_trips_through_json():
+    plan = compile_plan("dpmpp_2m", SD1_SCHEDULER, 10)
+    assert SamplerPlan.from_json(plan.to_json()) == plan
+
+
+def test_unknown_sampler_lists_known_ones():
+    with pytest.raises(RequestError, match="choose one of: ddim, pndm, euler"):
+        compile_plan("heun", SD1_SCHEDULER, 10)
+
+
+@pytest.mark.parametrize("steps", [0, -3])
+def test_steps_below_one_are_refused(steps):
+    with pytest.raises(RequestError, match="num_inference_steps must be an integer >= 1"):
+        compile_plan("euler", SD1_SCHEDULER, steps)
