@@ -1,0 +1,73 @@
+"""Backends: one file per inference engine, found by name and imported lazily.
+
+A backend module defines `open_session(component, options) -> Session`. Adding a backend
+means adding one file here and its name to BACKENDS.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from ..errors import BackendUnavailableError, RequestError
+
+# name -> (module that must import, extra that installs it)
+BACKENDS = {
+    "onnxruntime": ("onnxruntime", "onnxruntime"),
+    "openvino": ("openvino", "openvino"),
+}
+PRECISIONS = ("fp32", "bf16")
+
+
+@dataclass(frozen=True)
+class SessionOptions:
+    device: str = "cpu"
+    precision: str = "fp32"  # compute precision: fp32, or bf16 where the backend offers it
+    num_threads: int | None = None  # None: the backend's default (all cores)
+
+    def __post_init__(self):
+        if self.precision not in PRECISIONS:
+            raise RequestError(f"Unknown precision {self.precision!r}; choose one of: {', '.join(PRECISIONS)}.")
+        if self.num_threads is not None and self.num_threads < 1:
+            raise RequestError(f"num_threads must be >= 1, got {self.num_threads}.")
+
+
+class Session(Protocol):
+    input_names: list[str]
+    output_names: list[str]
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run once on host arrays; return every output by name."""
+
+
+def backend_module(name: str):
+    """The backend module for `name`, or a one-line error naming the extra to install."""
+    if name not in BACKENDS:
+        raise RequestError(f"Unknown backend {name!r}; choose one of: {', '.join(BACKENDS)}.")
+    package, extra = BACKENDS[name]
+    try:
+        importlib.import_module(package)
+    except ImportError as error:
+        raise BackendUnavailableError(
+            f"The {name} backend needs the {package} package, which is not installed: pip install 'sdrt[{extra}]'."
+        ) from error
+    return importlib.import_module(f"{__name__}.{name}")
+
+
+def available_backends() -> list[str]:
+    """Backends whose package imports in this environment."""
+    names = []
+    for name, (package, _) in BACKENDS.items():
+        try:
+            importlib.import_module(package)
+        except ImportError:
+            continue
+        names.append(name)
+    return names
+
+
+def cast_feeds(feeds: dict[str, np.ndarray], dtypes: dict[str, str]) -> dict[str, np.ndarray]:
+    """Feeds in the dtypes the component declares, C-contiguous."""
+    return {name: np.ascontiguousarray(value, dtype=dtypes[name]) for name, value in feeds.items()}

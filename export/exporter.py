@@ -1,0 +1,201 @@
+"""Checkpoint -> artifact folder: ONNX components, tokenizer files and the manifest.
+
+The artifact is assembled in a hidden staging folder next to the output and renamed into
+place only once its manifest is written, so an interrupted export leaves nothing that
+`sdrt.load` would accept.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Callable
+from importlib import metadata
+from pathlib import Path
+
+from ..models import components as descriptors
+from ..models.manifest import FORMAT, MANIFEST_NAME, SCHEMA_VERSION, sha256_file
+from .onnx_export import OPSET, component_modules, export_component, sample_inputs
+from .source import ExportError, resolve_checkpoint
+
+# progress(done, total, what is being done now)
+Progress = Callable[[int, int, str], None]
+TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json")
+COMPONENTS = ("text_encoder", "unet", "vae_decoder", "vae_encoder")
+
+
+def export_checkpoint(source: str | os.PathLike, output: str | os.PathLike, *, allow_pickle: bool = False,
+                      overwrite: bool = False, verify: bool = True, progress: Progress | None = None) -> Path:
+    """Export a Stable Diffusion checkpoint to an sdrt artifact folder and return its path.
+
+    `source` is a local diffusers folder, a hub id, or a single .safetensors file (SD 1.x).
+    """
+    output = Path(output).expanduser().resolve()
+    if output.exists() and not output.is_dir():
+        raise ExportError(f"Output {output} exists and is not a folder; choose another path.")
+    if output.is_dir() and any(output.iterdir()) and not overwrite:
+        raise ExportError(f"Output folder {output} is not empty; choose another path or pass --overwrite.")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    token = uuid.uuid4().hex[:8]
+    staging = output.parent / f".{output.name}.partial-{token}"
+    scratch = output.parent / f".{output.name}.scratch-{token}"  # single-file conversion
+    staging.mkdir()
+    scratch.mkdir()
+    report = progress or (lambda done, total, what: None)
+    try:
+        checkpoint = resolve_checkpoint(str(source), allow_pickle=allow_pickle, work_dir=scratch)
+        _export_into(checkpoint.folder, checkpoint.description, staging, verify, report)
+        if output.exists():
+            shutil.rmtree(output)
+        staging.rename(output)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return output
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _export_into(folder: Path, description: str, target: Path, verify: bool, report: Progress) -> None:
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    unet_config = _read_json(folder / "unet" / "config.json")
+    vae_config = _read_json(folder / "vae" / "config.json")
+    text_config = _read_json(folder / "text_encoder" / "config.json")
+    scheduler_config = _read_json(folder / "scheduler" / "scheduler_config.json")
+    if unet_config.get("addition_embed_type") == "text_time" or (folder / "text_encoder_2").is_dir():
+        raise ExportError("SDXL checkpoints are not supported yet; this release exports SD 1.x and 2.x.")
+
+    vae_scale = 2 ** (len(vae_config["block_out_channels"]) - 1)
+    latent_multiple = 2 ** (len(unet_config["block_out_channels"]) - 1)
+    latent_channels = vae_config.get("latent_channels", 4)
+    hidden = text_config["hidden_size"]
+    max_length = text_config.get("max_position_embeddings", 77)
+    specs = {
+        "text_encoder": descriptors.text_encoder_spec(hidden, max_length),
+        "unet": descriptors.unet_spec(unet_config.get("in_channels", 4), unet_config.get("out_channels", 4),
+                                      unet_config["cross_attention_dim"], latent_multiple),
+        "vae_decoder": descriptors.vae_decoder_spec(latent_channels, vae_scale),
+        "vae_encoder": descriptors.vae_encoder_spec(latent_channels, vae_scale),
+    }
+    latent_h = max(16, 2 * latent_multiple)
+    latent_w = latent_h + latent_multiple  # not square, so a swapped axis shows
+    sizes = {"batch": 2, "sequence": max_length, "latent_height": latent_h, "latent_width": latent_w,
+             "height": latent_h * vae_scale, "width": latent_w * vae_scale}
+
+    total = len(COMPONENTS) + 2
+    report(0, total, "loading the checkpoint")
+    with torch.no_grad():
+        text_encoder = CLIPTextModel.from_pretrained(folder / "text_encoder", torch_dtype=torch.float32)
+        unet = UNet2DConditionModel.from_pretrained(folder / "unet", torch_dtype=torch.float32)
+        vae = AutoencoderKL.from_pretrained(folder / "vae", torch_dtype=torch.float32)
+    modules = component_modules(text_encoder, unet, vae)
+    configs = {"text_encoder": text_config, "unet": unet_config, "vae_decoder": vae_config, "vae_encoder": vae_config}
+
+    entries = {}
+    for done, name in enumerate(COMPONENTS, start=1):
+        report(done, total, f"exporting {name}")
+        spec = specs[name]
+        exported = export_component(spec, modules[name], sample_inputs(spec, sizes), target / name, verify=verify)
+        entries[name] = {
+            **spec.to_json(),
+            "path": f"{name}/model.onnx",
+            "files": [f"{name}/{p.name}" for p in exported.files],
+            "precision": "fp32",
+            "opset": OPSET,
+            "parameters": exported.parameters,
+            "max_abs_diff_vs_torch": exported.max_abs_diff,
+            "config": {k: v for k, v in configs[name].items() if not k.startswith("_")},
+        }
+    del modules, text_encoder, unet, vae
+
+    report(total - 1, total, "copying the tokenizer")
+    tokenizer = _copy_tokenizer(folder / "tokenizer", target / "tokenizer", max_length)
+
+    report(total, total, "writing the manifest")
+    prediction = scheduler_config.get("prediction_type", "epsilon")
+    manifest = {
+        "format": FORMAT,
+        "schema_version": SCHEMA_VERSION,
+        "family": "sd2" if unet_config["cross_attention_dim"] == 1024 else "sd1",
+        "pipeline": {
+            "prediction_type": prediction,
+            "latent_channels": latent_channels,
+            "vae_scale_factor": vae_scale,
+            "vae_scaling_factor": vae_config.get("scaling_factor", 0.18215),
+            "vae_shift_factor": vae_config.get("shift_factor"),
+            "default_size": [unet_config["sample_size"] * vae_scale] * 2,
+            "size_multiple": vae_scale * latent_multiple,
+            "scheduler": scheduler_config,
+        },
+        "tokenizers": [tokenizer],
+        "components": entries,
+        "files": _checksums(target),
+        "exporter": {
+            "source": description,
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "versions": _versions(),
+        },
+    }
+    (target / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2))
+
+
+def _copy_tokenizer(source: Path, target: Path, max_length: int) -> dict:
+    if not (source / "vocab.json").is_file() or not (source / "merges.txt").is_file():
+        raise ExportError(f"{source} lacks vocab.json and merges.txt; sdrt needs CLIP's BPE files.")
+    target.mkdir(parents=True)
+    files = {}
+    for name in TOKENIZER_FILES:
+        if (source / name).is_file():
+            shutil.copyfile(source / name, target / name)
+            files[name.split(".")[0]] = f"tokenizer/{name}"
+    vocab = _read_json(source / "vocab.json")
+    settings = {}
+    for name in ("tokenizer_config.json", "special_tokens_map.json"):
+        if (source / name).is_file():
+            settings.update(_read_json(source / name))
+
+    def token_id(key: str, default: str) -> int:
+        token = settings.get(key) or default
+        token = token["content"] if isinstance(token, dict) else token
+        if token not in vocab:
+            raise ExportError(f"The tokenizer's {key} {token!r} is not in its vocab.json.")
+        return vocab[token]
+
+    return {
+        "name": "tokenizer",
+        "kind": "clip_bpe",
+        "files": files,
+        "max_length": int(min(settings.get("model_max_length", max_length), max_length)),
+        "bos_id": token_id("bos_token", "<|startoftext|>"),
+        "eos_id": token_id("eos_token", "<|endoftext|>"),
+        "pad_id": token_id("pad_token", "<|endoftext|>"),
+        "lowercase": True,
+        "for_component": "text_encoder",
+    }
+
+
+def _checksums(root: Path) -> dict:
+    files = {}
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        rel = path.relative_to(root).as_posix()
+        files[rel] = {"sha256": sha256_file(path), "size": path.stat().st_size}
+    return files
+
+
+def _versions() -> dict:
+    versions = {}
+    for package in ("sdrt", "torch", "diffusers", "transformers", "onnx", "onnxscript", "onnxruntime"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            pass
+    return versions

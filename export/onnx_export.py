@@ -1,0 +1,138 @@
+"""PyTorch modules -> ONNX files, shaped by the component descriptors.
+
+Built on `torch.onnx.export` (the dynamo exporter, opset 18) rather than Optimum: optimum-onnx
+0.1 pins transformers < 4.58 and optimum < 2.2, which conflicts with transformers 5 and
+optimum-intel 2.x, and it forces the deprecated TorchScript exporter. The descriptors in
+models.components give the dynamic axes, so the exporter and the runtime agree by
+construction.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..models.components import ComponentSpec
+
+OPSET = 18
+# Above this many bytes of weights the model is saved with its weights in one external
+# data file next to it (protobuf cannot hold more than 2 GiB).
+EXTERNAL_DATA_THRESHOLD = 1536 * 1024**2
+
+
+@dataclass
+class ExportedComponent:
+    spec: ComponentSpec
+    files: list[Path]  # the .onnx file first, then its external data, if any
+    parameters: int
+    max_abs_diff: float | None
+
+
+def component_modules(text_encoder, unet, vae):
+    """The torch modules whose forward signature matches each descriptor's inputs."""
+    import torch
+
+    class TextEncoder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = text_encoder
+
+        def forward(self, input_ids):
+            out = self.model(input_ids=input_ids, return_dict=True)
+            return out.last_hidden_state, out.pooler_output
+
+    class UNet(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = unet
+
+        def forward(self, sample, timestep, encoder_hidden_states):
+            return self.model(sample, timestep, encoder_hidden_states, return_dict=False)[0]
+
+    class VaeDecoder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = vae
+
+        def forward(self, latent_sample):
+            return self.model.decode(latent_sample, return_dict=False)[0]
+
+    class VaeEncoder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = vae
+
+        def forward(self, sample):
+            return self.model.encode(sample, return_dict=True).latent_dist.parameters
+
+    return {"text_encoder": TextEncoder(), "unet": UNet(), "vae_decoder": VaeDecoder(), "vae_encoder": VaeEncoder()}
+
+
+def sample_inputs(spec: ComponentSpec, sizes: dict[str, int], seed: int = 0) -> dict[str, np.ndarray]:
+    """Random inputs for `spec` with symbolic axes set from `sizes`."""
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for tensor in spec.inputs:
+        shape = tuple(sizes[a] if isinstance(a, str) else a for a in tensor.shape)
+        if tensor.dtype == "int64":
+            feeds[tensor.name] = rng.integers(0, 49406, size=shape, dtype=np.int64)
+        elif tensor.name == "timestep":
+            feeds[tensor.name] = rng.uniform(1, 999, size=shape).astype(np.float32)
+        else:
+            feeds[tensor.name] = rng.standard_normal(shape).astype(np.float32)
+    return feeds
+
+
+def _dynamic_shapes(spec: ComponentSpec):
+    from torch.export import Dim
+
+    dims = {}
+    for axis in {a for t in spec.inputs for a in t.shape if isinstance(a, str)}:
+        low, high = spec.axis_ranges.get(axis, (1, 4096))
+        multiple = spec.axis_multiples.get(axis, 1)
+        if multiple > 1:
+            dims[axis] = multiple * Dim(f"{axis}_div{multiple}", min=max(1, low // multiple), max=high // multiple)
+        else:
+            dims[axis] = Dim(axis, min=low, max=high)
+    return {t.name: {i: dims[a] for i, a in enumerate(t.shape) if isinstance(a, str)} for t in spec.inputs}
+
+
+def export_component(spec: ComponentSpec, module, feeds: dict[str, np.ndarray], folder: Path,
+                     *, verify: bool = True) -> ExportedComponent:
+    """Export `module` to folder/model.onnx and measure it against PyTorch on `feeds`."""
+    import torch
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "model.onnx"
+    module = module.eval()
+    parameters = sum(p.numel() for p in module.parameters())
+    weight_bytes = sum(p.numel() * p.element_size() for p in module.parameters())
+    args = tuple(torch.from_numpy(feeds[name]) for name in spec.input_names)
+    with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            module, args, input_names=spec.input_names, output_names=spec.output_names,
+            dynamic_shapes=_dynamic_shapes(spec), opset_version=OPSET, dynamo=True, verbose=False,
+        )
+        program.save(str(path), external_data=weight_bytes > EXTERNAL_DATA_THRESHOLD)
+        del program
+        reference = module(*args) if verify else None
+    files = [path] + sorted(p for p in folder.iterdir() if p != path)
+    max_diff = None
+    if verify:
+        reference = reference if isinstance(reference, tuple) else (reference,)
+        max_diff = _max_abs_diff(path, feeds, [r.numpy() for r in reference])
+    return ExportedComponent(spec, files, parameters, max_diff)
+
+
+def _max_abs_diff(path: Path, feeds: dict[str, np.ndarray], expected: list[np.ndarray]) -> float:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    outputs = session.run(None, feeds)
+    del session
+    return float(max(np.abs(o - e).max() for o, e in zip(outputs, expected)))

@@ -1,0 +1,31 @@
+"""Random-weight Stable Diffusion pipelines built from models.configs, saved as diffusers folders.
+
+Latency does not depend on weight values, so these stand in for real checkpoints in tests and
+benchmarks on machines that cannot download weights.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..models.configs import checkpoint_config
+from .source import write_config_folder
+
+
+def build_random_pipeline(config_name: str, folder: Path, seed: int = 0) -> Path:
+    """Write a random-weight SD pipeline of the named config (`tiny`, `sd15`) to `folder`."""
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    config = checkpoint_config(config_name)
+    folder = Path(folder)
+    write_config_folder(folder, config)
+    with torch.random.fork_rng(devices=[]):  # leave the caller's global generator untouched
+        torch.manual_seed(seed)
+        text_encoder = CLIPTextModel(CLIPTextConfig(**config["text_encoder"]))
+        unet = UNet2DConditionModel(**config["unet"])
+        vae = AutoencoderKL(**config["vae"])
+    text_encoder.save_pretrained(folder / "text_encoder")
+    unet.save_pretrained(folder / "unet")
+    vae.save_pretrained(folder / "vae")
+    return folder

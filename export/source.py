@@ -1,0 +1,131 @@
+"""Where a checkpoint comes from: a local diffusers folder, a hub id, or a single file.
+
+Every source ends as a local diffusers folder, so the rest of the exporter has one path.
+"""
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..models.configs import checkpoint_config
+
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl")
+SINGLE_FILE_SUFFIXES = (".safetensors",)
+REQUIRED_PARTS = ("text_encoder", "tokenizer", "unet", "vae", "scheduler")
+
+
+class ExportError(Exception):
+    """The checkpoint cannot be exported as given; the message says what to change."""
+
+
+@dataclass
+class Checkpoint:
+    folder: Path  # a diffusers folder layout
+    description: str  # what the user named, for the manifest
+
+
+def resolve_checkpoint(source: str, *, allow_pickle: bool = False, work_dir: Path | None = None) -> Checkpoint:
+    """Turn what the user named into a local diffusers folder."""
+    path = Path(source).expanduser()
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        if not allow_pickle:
+            raise ExportError(
+                f"{source} is a pickle checkpoint; loading one runs arbitrary code from the file. Convert it to "
+                ".safetensors, or pass --allow-pickle (allow_pickle=True) if you trust its origin."
+            )
+        if not path.is_file():
+            raise ExportError(f"Checkpoint file {source} does not exist.")
+        return _from_single_file(path, work_dir, allow_pickle=True)
+    if path.suffix.lower() in SINGLE_FILE_SUFFIXES:
+        if not path.is_file():
+            raise ExportError(f"Checkpoint file {source} does not exist.")
+        return _from_single_file(path, work_dir, allow_pickle=False)
+    if path.is_dir():
+        _check_diffusers_folder(path)
+        return Checkpoint(path, str(source))
+    if path.exists():
+        raise ExportError(f"{source} is neither a diffusers folder nor a .safetensors checkpoint.")
+    if _looks_like_hub_id(source):
+        return Checkpoint(_download(source), f"hub:{source}")
+    raise ExportError(f"Checkpoint {source} does not exist: give a diffusers folder, a .safetensors file or a hub id.")
+
+
+def _check_diffusers_folder(folder: Path) -> None:
+    if not (folder / "model_index.json").is_file():
+        raise ExportError(f"{folder} has no model_index.json; give a folder in the diffusers layout "
+                          "(as saved by `pipeline.save_pretrained`).")
+    missing = [part for part in REQUIRED_PARTS if not (folder / part).is_dir()]
+    if missing:
+        raise ExportError(f"{folder} lacks the sub-folder(s) {', '.join(missing)} of a Stable Diffusion pipeline.")
+
+
+def _looks_like_hub_id(source: str) -> bool:
+    parts = source.split("/")
+    return len(parts) == 2 and all(parts) and not source.startswith((".", "/", "~"))
+
+
+def _download(repo_id: str) -> Path:
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError as error:  # pragma: no cover - huggingface_hub comes with diffusers
+        raise ExportError("Downloading from the hub needs huggingface_hub: pip install 'sdrt[export]'.") from error
+    patterns = ["model_index.json", "scheduler/*", "tokenizer/*", "text_encoder/*.json", "unet/*.json",
+                "vae/*.json", "text_encoder/*.safetensors", "unet/*.safetensors", "vae/*.safetensors"]
+    try:
+        folder = Path(snapshot_download(repo_id, allow_patterns=patterns))
+    except Exception as error:
+        raise ExportError(f"Could not fetch {repo_id} from the hub ({error}). Download it on a machine that is "
+                          "online and pass the local folder instead.") from error
+    _check_diffusers_folder(folder)
+    return folder
+
+
+def _from_single_file(path: Path, work_dir: Path | None, *, allow_pickle: bool) -> Checkpoint:
+    """Convert an original-layout SD 1.x checkpoint into a diffusers folder.
+
+    The configs come from models.configs (SD 1.5), so no hub access is needed.
+    """
+    from diffusers import StableDiffusionPipeline
+
+    config_dir = Path(tempfile.mkdtemp(prefix="sdrt-config-", dir=work_dir))
+    write_config_folder(config_dir, checkpoint_config("sd15"))
+    try:
+        pipe = StableDiffusionPipeline.from_single_file(
+            str(path), config=str(config_dir), local_files_only=True, safety_checker=None,
+            requires_safety_checker=False, use_safetensors=not allow_pickle,
+        )
+    except Exception as error:
+        raise ExportError(f"Could not read {path} as a Stable Diffusion 1.x single-file checkpoint: {error}") from error
+    target = Path(tempfile.mkdtemp(prefix="sdrt-single-", dir=work_dir))
+    pipe.save_pretrained(target)
+    return Checkpoint(target, f"file:{path.name}")
+
+
+def write_config_folder(folder: Path, config: dict) -> None:
+    """The config files (no weights) of a diffusers SD folder, plus the CLIP tokenizer."""
+    from ..models.clip_vocab import write_clip_tokenizer
+
+    index = {
+        "_class_name": "StableDiffusionPipeline",
+        "text_encoder": ["transformers", "CLIPTextModel"],
+        "tokenizer": ["transformers", "CLIPTokenizer"],
+        "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+        "scheduler": ["diffusers", config["scheduler"]["_class_name"]],
+        "safety_checker": [None, None],
+        "feature_extractor": [None, None],
+        "requires_safety_checker": False,
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "model_index.json").write_text(json.dumps(index, indent=2))
+    text = {**config["text_encoder"], "architectures": ["CLIPTextModel"], "model_type": "clip_text_model"}
+    files = {"text_encoder/config.json": text,
+             "unet/config.json": {**config["unet"], "_class_name": "UNet2DConditionModel"},
+             "vae/config.json": {**config["vae"], "_class_name": "AutoencoderKL"},
+             "scheduler/scheduler_config.json": config["scheduler"]}
+    for name, content in files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(json.dumps(content, indent=2))
+    write_clip_tokenizer(folder / "tokenizer")

@@ -1,0 +1,40 @@
+"""ONNX Runtime backend: CPUExecutionProvider (GPU providers come with the GPU backends)."""
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+
+from ..artifact import Component
+from ..errors import BackendUnavailableError, RequestError
+from . import SessionOptions, cast_feeds
+
+PROVIDERS = {"cpu": "CPUExecutionProvider"}
+
+
+class OnnxRuntimeSession:
+    def __init__(self, component: Component, options: SessionOptions):
+        if options.device not in PROVIDERS:
+            raise RequestError(f"The onnxruntime backend runs on: {', '.join(PROVIDERS)}; got device {options.device!r}.")
+        if options.precision != "fp32":
+            raise RequestError(f"The onnxruntime backend runs the fp32 artifact as exported; precision "
+                               f"{options.precision!r} is an openvino option (use backend='openvino').")
+        provider = PROVIDERS[options.device]
+        if provider not in ort.get_available_providers():
+            raise BackendUnavailableError(f"This onnxruntime build lacks {provider}.")
+        settings = ort.SessionOptions()
+        settings.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        settings.log_severity_level = 3
+        if options.num_threads:
+            settings.intra_op_num_threads = options.num_threads
+        self._session = ort.InferenceSession(str(component.path), settings, providers=[provider])
+        self.input_names = [i.name for i in self._session.get_inputs()]
+        self.output_names = [o.name for o in self._session.get_outputs()]
+        self._dtypes = {t.name: t.dtype for t in component.spec.inputs}
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        outputs = self._session.run(self.output_names, cast_feeds(feeds, self._dtypes))
+        return dict(zip(self.output_names, outputs))
+
+
+def open_session(component: Component, options: SessionOptions) -> OnnxRuntimeSession:
+    return OnnxRuntimeSession(component, options)

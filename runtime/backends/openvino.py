@@ -1,0 +1,43 @@
+"""OpenVINO backend: CPU (bf16 on AMX CPUs when asked), GPU and NPU devices.
+
+OpenVINO runs bf16 on CPUs with AMX unless told otherwise, so the precision hint is always
+set explicitly: fp32 means INFERENCE_PRECISION_HINT=f32.
+"""
+from __future__ import annotations
+
+import numpy as np
+import openvino as ov
+
+from ..artifact import Component
+from ..errors import BackendUnavailableError, RequestError
+from . import SessionOptions, cast_feeds
+
+DEVICES = {"cpu": "CPU", "gpu": "GPU", "npu": "NPU"}
+PRECISION_HINTS = {"fp32": "f32", "bf16": "bf16"}
+
+
+class OpenVinoSession:
+    def __init__(self, component: Component, options: SessionOptions):
+        if options.device not in DEVICES:
+            raise RequestError(f"The openvino backend runs on: {', '.join(DEVICES)}; got device {options.device!r}.")
+        core = ov.Core()
+        device = DEVICES[options.device]
+        if device not in core.available_devices:
+            raise BackendUnavailableError(f"OpenVINO sees no {device} device here (it sees: "
+                                          f"{', '.join(core.available_devices)}).")
+        config = {"INFERENCE_PRECISION_HINT": PRECISION_HINTS[options.precision], "PERFORMANCE_HINT": "LATENCY"}
+        if options.num_threads and device == "CPU":
+            config["INFERENCE_NUM_THREADS"] = options.num_threads
+        self._compiled = core.compile_model(core.read_model(str(component.path)), device, config)
+        self._request = self._compiled.create_infer_request()
+        self.input_names = [p.any_name for p in self._compiled.inputs]
+        self.output_names = [p.any_name for p in self._compiled.outputs]
+        self._dtypes = {t.name: t.dtype for t in component.spec.inputs}
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        result = self._request.infer(cast_feeds(feeds, self._dtypes))
+        return {name: np.array(result[self._compiled.output(name)]) for name in self.output_names}
+
+
+def open_session(component: Component, options: SessionOptions) -> OpenVinoSession:
+    return OpenVinoSession(component, options)

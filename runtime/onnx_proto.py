@@ -1,0 +1,99 @@
+"""Just enough of the protobuf wire format to list an ONNX file's external-data locations.
+
+The runtime must refuse an artifact whose ONNX files point at data outside the artifact
+folder (path traversal) before a backend opens them, without depending on the `onnx`
+package. Field numbers are those of onnx/onnx.proto3.
+"""
+from __future__ import annotations
+
+import mmap
+from collections.abc import Iterator
+from pathlib import Path
+
+# message -> {field number: message type} for the fields that can lead to a TensorProto
+_MESSAGES = {
+    "model": {7: "graph", 25: "function"},
+    "function": {7: "node"},
+    "graph": {1: "node", 5: "tensor", 15: "sparse_tensor"},
+    "node": {5: "attribute"},
+    "attribute": {5: "tensor", 6: "graph", 10: "tensor", 11: "graph", 22: "sparse_tensor", 23: "sparse_tensor"},
+    "sparse_tensor": {1: "tensor", 2: "tensor"},
+    "tensor": {13: "entry"},
+}
+_TENSOR_EXTERNAL_DATA = 13
+
+
+class ProtobufError(ValueError):
+    pass
+
+
+def _varint(buf, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        if pos >= len(buf):
+            raise ProtobufError("truncated varint")
+        byte = buf[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return result, pos
+        shift += 7
+        if shift > 63:
+            raise ProtobufError("varint too long")
+
+
+def _fields(buf, start: int, end: int) -> Iterator[tuple[int, int, int]]:
+    """(field number, start, end) of each length-delimited field in buf[start:end]."""
+    pos = start
+    while pos < end:
+        key, pos = _varint(buf, pos)
+        field, wire = key >> 3, key & 7
+        if wire == 0:
+            _, pos = _varint(buf, pos)
+        elif wire == 1:
+            pos += 8
+        elif wire == 5:
+            pos += 4
+        elif wire == 2:
+            length, pos = _varint(buf, pos)
+            if pos + length > end:
+                raise ProtobufError("field runs past its message")
+            yield field, pos, pos + length
+            pos += length
+        else:
+            raise ProtobufError(f"unsupported wire type {wire}")
+    if pos != end:
+        raise ProtobufError("message ends mid-field")
+
+
+def _entry(buf, start: int, end: int) -> tuple[str, str]:
+    key = value = ""
+    for field, s, e in _fields(buf, start, end):
+        if field == 1:
+            key = bytes(buf[s:e]).decode("utf-8")
+        elif field == 2:
+            value = bytes(buf[s:e]).decode("utf-8")
+    return key, value
+
+
+def external_data_locations(path: Path) -> set[str]:
+    """The `location` of every external-data tensor in the ONNX model at `path`."""
+    locations: set[str] = set()
+    with open(path, "rb") as handle:
+        size = handle.seek(0, 2)
+        if size == 0:
+            raise ProtobufError("empty file")
+        with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+            stack = [("model", 0, size)]
+            while stack:
+                kind, start, end = stack.pop()
+                children = _MESSAGES[kind]
+                for field, s, e in _fields(buf, start, end):
+                    child = children.get(field)
+                    if child == "entry":
+                        key, value = _entry(buf, s, e)
+                        if key == "location":
+                            locations.add(value)
+                    elif child is not None:
+                        stack.append((child, s, e))
+    return locations

@@ -1,0 +1,263 @@
+"""Text-to-image on an artifact: tokenize, encode, denoise with a sampler plan, decode.
+
+Keyword names follow diffusers' StableDiffusionPipeline so that its users feel at home.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..kernels.image import to_uint8, to_unit_range
+from ..kernels.sampler_step import guide
+from .artifact import Artifact, open_artifact
+from .backends import SessionOptions, backend_module
+from .errors import ArtifactError, RequestError
+from .loop import run_plan
+from .noise import INITIAL_LATENTS_STREAM, gaussian_noise, step_noise_stream
+from .samplers import SAMPLERS, SamplerPlan, compile_plan
+from .tokenizer import ClipTokenizer
+
+OUTPUT_TYPES = ("pil", "np", "latent")
+# diffusers scheduler class -> the sampler that reproduces it
+_SAMPLER_OF_CLASS = {
+    "PNDMScheduler": "pndm",
+    "DDIMScheduler": "ddim",
+    "EulerDiscreteScheduler": "euler",
+    "EulerAncestralDiscreteScheduler": "euler_a",
+    "DPMSolverMultistepScheduler": "dpmpp_2m",
+    "LCMScheduler": "lcm",
+}
+
+# callback(step_index, timestep, latents) after each denoising step
+StepCallback = Callable[[int, float, np.ndarray], None]
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """A validated text-to-image request; built by StableDiffusionPipeline.__call__."""
+
+    prompts: tuple[str, ...]
+    negative_prompts: tuple[str, ...]
+    num_inference_steps: int
+    guidance_scale: float
+    height: int
+    width: int
+    seed: int
+    sampler: str
+    num_images_per_prompt: int
+    output_type: str
+
+    @property
+    def batch_size(self) -> int:
+        return len(self.prompts) * self.num_images_per_prompt
+
+    @property
+    def uses_guidance(self) -> bool:
+        # As diffusers: guidance_scale <= 1 skips the unconditional branch.
+        return self.guidance_scale > 1.0
+
+
+@dataclass
+class GenerationResult:
+    images: list | np.ndarray  # PIL images, an NHWC float array in [0, 1], or latents
+    seed: int
+    plan: SamplerPlan
+    timings: dict[str, float | list[float]] = field(default_factory=dict)
+
+
+class StableDiffusionPipeline:
+    """Text-to-image on an sdrt artifact of the SD 1.x / 2.x families, on one backend."""
+
+    def __init__(self, artifact: Artifact, backend: str = "onnxruntime", options: SessionOptions = SessionOptions()):
+        if artifact.family not in ("sd1", "sd2"):
+            raise ArtifactError(f"This sdrt runs the sd1 and sd2 families; the artifact is {artifact.family!r}.")
+        self.artifact = artifact
+        self.backend = backend
+        self.options = options
+        module = backend_module(backend)
+        started = time.perf_counter()
+        self._text_encoder = module.open_session(artifact.component_for_role("text_encoder"), options)
+        self._unet_component = artifact.component_for_role("denoiser")
+        self._unet = module.open_session(self._unet_component, options)
+        self._vae_decoder = module.open_session(artifact.component_for_role("vae_decoder"), options)
+        self.load_seconds = time.perf_counter() - started
+        entry = artifact.tokenizer_entry("text_encoder")
+        self.tokenizer = ClipTokenizer.from_folder(
+            artifact.file(entry["files"]["vocab"]).parent, bos_id=entry["bos_id"], eos_id=entry["eos_id"],
+            pad_id=entry["pad_id"], max_length=entry["max_length"])
+        pipeline = artifact.pipeline
+        self.latent_channels = pipeline["latent_channels"]
+        self.vae_scale_factor = pipeline["vae_scale_factor"]
+        self.size_multiple = pipeline.get("size_multiple", self.vae_scale_factor)
+        self.default_size = tuple(pipeline["default_size"])
+        if self._unet_component.spec.inputs[0].shape[1] != self.latent_channels:
+            raise ArtifactError("The artifact's UNet does not take plain latents (an inpainting UNet?); "
+                                "text-to-image needs a standard UNet.")
+
+    @property
+    def default_sampler(self) -> str:
+        config = self.artifact.pipeline["scheduler"]
+        sampler = _SAMPLER_OF_CLASS.get(config.get("_class_name"), "pndm")
+        if sampler == "dpmpp_2m" and config.get("use_karras_sigmas"):
+            sampler = "dpmpp_2m_karras"
+        return sampler
+
+    def __call__(self, prompt: str | list[str], negative_prompt: str | list[str] | None = None, *,
+                 num_inference_steps: int = 50, guidance_scale: float = 7.5, height: int | None = None,
+                 width: int | None = None, seed: int | None = None, scheduler: str | None = None,
+                 latents: np.ndarray | None = None, num_images_per_prompt: int = 1, output_type: str = "pil",
+                 callback: StepCallback | None = None) -> GenerationResult:
+        """Generate images for `prompt`.
+
+        `latents` are standard-normal initial latents (batch, channels, height/f, width/f); they
+        are scaled by the sampler's initial sigma, as diffusers does. Without them, latents come
+        from `seed` through sdrt's portable generator (sdrt.runtime.noise), the same on every
+        backend. `callback(step_index, timestep, latents)` runs after every denoising step.
+        `result.timings` holds seconds for text encoding, each step and VAE decoding.
+        """
+        request = self._request(prompt, negative_prompt, num_inference_steps, guidance_scale, height, width,
+                                seed, scheduler, num_images_per_prompt, output_type)
+        timings: dict[str, float | list[float]] = {}
+        started = time.perf_counter()
+
+        tick = time.perf_counter()
+        embeddings = self._encode(request)
+        timings["text_encoder"] = time.perf_counter() - tick
+
+        plan = compile_plan(request.sampler, self.artifact.pipeline["scheduler"], request.num_inference_steps)
+        shape = (request.batch_size, self.latent_channels, request.height // self.vae_scale_factor,
+                 request.width // self.vae_scale_factor)
+        if latents is None:
+            latents = gaussian_noise(request.seed, shape, INITIAL_LATENTS_STREAM)
+        else:
+            latents = np.asarray(latents, dtype=np.float32)
+            if latents.shape != shape:
+                raise RequestError(f"latents must have shape {shape} for this request, got {latents.shape}.")
+        latents = latents * np.float32(plan.init_noise_sigma)
+
+        def predict(scaled: np.ndarray, timestep: float) -> np.ndarray:
+            if request.uses_guidance:
+                scaled = np.concatenate([scaled, scaled])
+            feeds = {"sample": scaled, "timestep": np.full((scaled.shape[0],), timestep, dtype=np.float32),
+                     "encoder_hidden_states": embeddings}
+            out = self._unet.run(feeds)["out_sample"]
+            if request.uses_guidance:
+                uncond, cond = np.split(out, 2)
+                return guide(uncond, cond, request.guidance_scale)
+            return out
+
+        def noise(step_index: int, noise_shape: tuple[int, ...]) -> np.ndarray:
+            return gaussian_noise(request.seed, noise_shape, step_noise_stream(step_index))
+
+        step_times: list[float] = []
+        tick = time.perf_counter()
+        for index, latents in run_plan(plan, latents, predict, noise):
+            now = time.perf_counter()
+            step_times.append(now - tick)
+            if callback is not None:
+                callback(index, plan.steps[index].timestep, latents)
+            tick = time.perf_counter()
+        timings["steps"] = step_times
+        timings["denoising"] = float(sum(step_times))
+
+        if request.output_type == "latent":
+            images = latents
+        else:
+            tick = time.perf_counter()
+            decoded = self._decode(latents)
+            timings["vae_decoder"] = time.perf_counter() - tick
+            images = to_unit_range(decoded)
+            if request.output_type == "pil":
+                from PIL import Image
+
+                images = [Image.fromarray(image) for image in to_uint8(images)]
+        timings["total"] = time.perf_counter() - started
+        return GenerationResult(images=images, seed=request.seed, plan=plan, timings=timings)
+
+    def _request(self, prompt, negative_prompt, steps, guidance, height, width, seed, sampler, per_prompt,
+                 output_type) -> GenerationRequest:
+        prompts = (prompt,) if isinstance(prompt, str) else tuple(prompt)
+        if not prompts or not all(isinstance(p, str) for p in prompts):
+            raise RequestError("prompt must be a string or a non-empty list of strings.")
+        if negative_prompt is None:
+            negatives = ("",) * len(prompts)
+        elif isinstance(negative_prompt, str):
+            negatives = (negative_prompt,) * len(prompts)
+        else:
+            negatives = tuple(negative_prompt)
+            if len(negatives) != len(prompts):
+                raise RequestError(f"negative_prompt has {len(negatives)} entries for {len(prompts)} prompts; "
+                                   "give one per prompt or a single string.")
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise RequestError(f"num_inference_steps must be an integer >= 1, got {steps!r}.")
+        try:
+            value = float(guidance)
+        except (TypeError, ValueError):
+            raise RequestError(f"guidance_scale must be a number >= 0, got {guidance!r}.") from None
+        if math.isnan(value) or math.isinf(value) or value < 0:
+            raise RequestError(f"guidance_scale must be a finite number >= 0, got {guidance!r}.")
+        guidance = value
+        height = self.default_size[0] if height is None else height
+        width = self.default_size[1] if width is None else width
+        for name, value in (("height", height), ("width", width)):
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise RequestError(f"{name} must be a positive integer, got {value!r}.")
+        multiple = self.size_multiple
+        if height % multiple or width % multiple:
+            hint = f"{_round_to(height, multiple)}x{_round_to(width, multiple)}"
+            raise RequestError(f"height and width must be multiples of {multiple} for this model, got "
+                               f"{height}x{width}; try {hint}.")
+        sampler = sampler or self.default_sampler
+        if sampler not in SAMPLERS:
+            raise RequestError(f"Unknown scheduler {sampler!r}; choose one of: {', '.join(SAMPLERS)}.")
+        if isinstance(per_prompt, bool) or not isinstance(per_prompt, int) or per_prompt < 1:
+            raise RequestError(f"num_images_per_prompt must be an integer >= 1, got {per_prompt!r}.")
+        if output_type not in OUTPUT_TYPES:
+            raise RequestError(f"output_type must be one of {', '.join(OUTPUT_TYPES)}, got {output_type!r}.")
+        if seed is None:
+            seed = int.from_bytes(os.urandom(8), "little") >> 1
+        elif isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64:
+            raise RequestError(f"seed must be an integer in [0, 2**64), got {seed!r}.")
+        return GenerationRequest(prompts, negatives, steps, guidance, height, width, seed, sampler, per_prompt,
+                                 output_type)
+
+    def _encode(self, request: GenerationRequest) -> np.ndarray:
+        """Text embeddings for the UNet: [negative..., positive...] when guidance is on."""
+        texts = list(request.prompts)
+        if request.uses_guidance:
+            texts = list(request.negative_prompts) + texts
+        ids = self.tokenizer(texts)
+        hidden = self._text_encoder.run({"input_ids": ids})["last_hidden_state"]
+        # Each prompt's embedding repeated num_images_per_prompt times in a row, as diffusers does.
+        return np.repeat(hidden, request.num_images_per_prompt, axis=0)
+
+    def _decode(self, latents: np.ndarray) -> np.ndarray:
+        pipeline = self.artifact.pipeline
+        scaled = latents / np.float32(pipeline["vae_scaling_factor"])
+        if pipeline.get("vae_shift_factor") is not None:
+            scaled = scaled + np.float32(pipeline["vae_shift_factor"])
+        # One image at a time keeps the decoder's peak memory independent of the batch.
+        return np.concatenate([self._vae_decoder.run({"latent_sample": scaled[i:i + 1]})["sample"]
+                               for i in range(scaled.shape[0])])
+
+
+def _round_to(value: int, multiple: int) -> int:
+    return max(multiple, int(round(value / multiple)) * multiple)
+
+
+def load(artifact: str | os.PathLike, backend: str = "onnxruntime", device: str = "cpu", *, precision: str = "fp32",
+         num_threads: int | None = None, verify_checksums: bool = True) -> StableDiffusionPipeline:
+    """Open an sdrt artifact folder on a backend and return a text-to-image pipeline.
+
+    backend: "onnxruntime" or "openvino"; device: "cpu" (openvino also "gpu", "npu");
+    precision: "fp32", or "bf16" on openvino (fast on CPUs with AMX).
+    """
+    options = SessionOptions(device=device, precision=precision, num_threads=num_threads)
+    backend_module(backend)  # a missing package fails before the checksums are read
+    return StableDiffusionPipeline(open_artifact(Path(artifact), verify_checksums=verify_checksums), backend, options)

@@ -1,0 +1,222 @@
+"""The `sdrt` command: export, info, generate."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from sdrt.runtime.backends import BACKENDS, PRECISIONS
+from sdrt.runtime.errors import SdrtError
+from sdrt.runtime.samplers import SAMPLERS
+
+
+class CommandError(Exception):
+    """A command-line argument that cannot work; the message says what to change."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sdrt", description="Stable Diffusion RunTime: export checkpoints to ONNX artifacts and run them.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    export = commands.add_parser(
+        "export", help="export a checkpoint to an artifact folder",
+        description="Export a Stable Diffusion checkpoint (CLIP text encoder, UNet, VAE decoder and encoder, "
+                    "tokenizer) to ONNX files plus a manifest (sdrt.json). Needs the export extra: "
+                    "pip install 'sdrt[export]'.")
+    export.add_argument("checkpoint", help="a diffusers folder, a hub id (when online), or a single .safetensors "
+                                           "file; 'random:tiny' or 'random:sd15' builds random weights of that size")
+    export.add_argument("-o", "--output", required=True, help="the artifact folder to create")
+    export.add_argument("--overwrite", action="store_true", help="replace the output folder if it is not empty")
+    export.add_argument("--allow-pickle", action="store_true",
+                        help="allow .ckpt/.pt pickle checkpoints (loading one runs code from the file)")
+    export.add_argument("--no-verify", action="store_true",
+                        help="skip measuring each component against PyTorch after export")
+
+    info = commands.add_parser("info", help="describe an artifact and check it",
+                               description="Validate an artifact's manifest against its JSON Schema and its files "
+                                           "against their checksums, then list its components.")
+    info.add_argument("artifact", help="the artifact folder")
+    info.add_argument("--json", action="store_true", help="print the manifest as JSON instead of a summary")
+
+    generate = commands.add_parser("generate", help="generate images from a prompt",
+                                   description="Text-to-image on an artifact folder.")
+    generate.add_argument("prompt", help="what the image should show")
+    generate.add_argument("--artifact", required=True, help="the artifact folder (made by `sdrt export`)")
+    generate.add_argument("--negative", default=None, help="what the image should not show (negative prompt)")
+    generate.add_argument("--backend", default="onnxruntime", choices=list(BACKENDS),
+                          help="inference engine (default: onnxruntime)")
+    generate.add_argument("--device", default="cpu", help="device for the backend: cpu (openvino also gpu, npu)")
+    generate.add_argument("--precision", default="fp32", choices=list(PRECISIONS),
+                          help="compute precision; bf16 is an openvino option, fast on CPUs with AMX (default fp32)")
+    generate.add_argument("--steps", type=int, default=20, help="denoising steps (default 20)")
+    generate.add_argument("--guidance", type=float, default=7.5,
+                          help="classifier-free guidance scale; <= 1 turns guidance off (default 7.5)")
+    generate.add_argument("--seed", type=int, default=None,
+                          help="seed of sdrt's portable noise generator; the same seed gives the same image on "
+                               "every backend (default: random, printed)")
+    generate.add_argument("--size", default=None,
+                          help="WIDTHxHEIGHT in pixels, multiples of the model's size step (default: the model's)")
+    generate.add_argument("--scheduler", default=None, choices=list(SAMPLERS),
+                          help="sampler (default: the checkpoint's own scheduler)")
+    generate.add_argument("-n", "--num-images", type=int, default=1, help="images to generate (default 1)")
+    generate.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    generate.add_argument("-o", "--output", default="sdrt.png",
+                          help="PNG file to write; with -n > 1, NAME-1.png, NAME-2.png, ... (default sdrt.png)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "export":
+            return _export(args)
+        if args.command == "info":
+            return _info(args)
+        return _generate(args)
+    except (SdrtError, CommandError) as error:
+        print(f"sdrt: error: {error}", file=sys.stderr)
+        return 2
+    except Exception as error:
+        from sdrt.export.source import ExportError
+
+        if isinstance(error, ExportError):
+            print(f"sdrt: error: {error}", file=sys.stderr)
+            return 2
+        raise
+
+
+def _progress_bar(total: int, unit: str):
+    """A tqdm bar on a terminal, else None."""
+    if not sys.stderr.isatty():
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, unit=unit, file=sys.stderr, leave=False)
+
+
+def _export(args) -> int:
+    from sdrt.export.exporter import export_checkpoint
+
+    bar = _progress_bar(6, "stage")
+
+    def progress(done: int, total: int, what: str) -> None:
+        if bar is not None:
+            bar.total = total
+            bar.n = done
+            bar.set_description(what)
+            bar.refresh()
+
+    source = args.checkpoint
+    scratch = None
+    if source.startswith("random:"):
+        from sdrt.export.random_model import build_random_pipeline
+
+        scratch = tempfile.TemporaryDirectory(prefix="sdrt-random-")
+        source = str(build_random_pipeline(source.split(":", 1)[1], Path(scratch.name) / "checkpoint"))
+    try:
+        path = export_checkpoint(source, args.output, allow_pickle=args.allow_pickle, overwrite=args.overwrite,
+                                 verify=not args.no_verify, progress=progress)
+    finally:
+        if bar is not None:
+            bar.close()
+        if scratch is not None:
+            scratch.cleanup()
+    print(f"exported {args.checkpoint} to {path}")
+    return 0
+
+
+def _info(args) -> int:
+    from sdrt.runtime.artifact import open_artifact
+
+    artifact = open_artifact(args.artifact)
+    manifest = artifact.manifest
+    if args.json:
+        print(json.dumps(manifest, indent=2))
+        return 0
+    pipeline = manifest["pipeline"]
+    height, width = pipeline["default_size"]
+    print(f"artifact   {artifact.root}  (schema {manifest['schema_version']}, checksums verified)")
+    print(f"family     {manifest['family']}  prediction {pipeline['prediction_type']}  "
+          f"latents {pipeline['latent_channels']}ch x1/{pipeline['vae_scale_factor']}  "
+          f"default {width}x{height}  size step {pipeline.get('size_multiple', pipeline['vae_scale_factor'])}")
+    print(f"scheduler  {pipeline['scheduler'].get('_class_name', '?')}  source {manifest['exporter'].get('source')}")
+    for name, entry in manifest["components"].items():
+        size = sum(manifest["files"][f]["size"] for f in entry["files"])
+        diff = entry.get("max_abs_diff_vs_torch")
+        diff_text = "n/a" if diff is None else f"{diff:.1e}"
+        print(f"\n{name}  [{entry['role']}]  {entry['precision']}  opset {entry['opset']}  "
+              f"{entry.get('parameters', 0) / 1e6:.1f}M params  {size / 2**20:.1f} MiB  max|onnx-torch| {diff_text}")
+        for kind in ("inputs", "outputs"):
+            for tensor in entry[kind]:
+                shape = ", ".join(str(d) for d in tensor["shape"])
+                print(f"  {kind[:-1]:6} {tensor['name']:24} {tensor['dtype']:8} [{shape}]")
+        for relative in entry["files"]:
+            print(f"  file   {relative}  sha256 {manifest['files'][relative]['sha256'][:16]}...")
+    return 0
+
+
+def _parse_size(text: str) -> tuple[int, int]:
+    try:
+        width, height = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise CommandError(f"--size must look like 512x512 (WIDTHxHEIGHT), got {text!r}.") from None
+    return width, height
+
+
+def _generate(args) -> int:
+    import sdrt
+
+    output = Path(args.output).expanduser()
+    if not output.parent.is_dir():
+        raise CommandError(f"The folder {output.parent} for the output image does not exist; create it or choose "
+                           "another --output.")
+    if output.suffix.lower() != ".png":
+        raise CommandError(f"--output must be a .png file, got {output.name}.")
+    width, height = _parse_size(args.size) if args.size else (None, None)
+    pipe = sdrt.load(args.artifact, backend=args.backend, device=args.device, precision=args.precision,
+                     num_threads=args.threads)
+    bar = _progress_bar(args.steps, "step")
+
+    def on_step(index: int, timestep: float, latents) -> None:
+        if bar is not None:
+            bar.update(1)
+
+    try:
+        result = pipe(args.prompt, args.negative, num_inference_steps=args.steps, guidance_scale=args.guidance,
+                      height=height, width=width, seed=args.seed, scheduler=args.scheduler,
+                      num_images_per_prompt=args.num_images, callback=on_step)
+    finally:
+        if bar is not None:
+            bar.close()
+    paths = [output] if len(result.images) == 1 else [
+        output.with_name(f"{output.stem}-{i + 1}{output.suffix}") for i in range(len(result.images))]
+    for image, path in zip(result.images, paths):
+        _save_png(image, path)
+    steps = result.timings["steps"]
+    per_step = sum(steps) / len(steps)
+    print(f"wrote {', '.join(str(p) for p in paths)}  seed {result.seed}  sampler {result.plan.sampler}  "
+          f"text {result.timings['text_encoder']:.2f}s  {len(steps)} steps {per_step:.3f}s/step  "
+          f"vae {result.timings['vae_decoder']:.2f}s  total {result.timings['total']:.2f}s")
+    return 0
+
+
+def _save_png(image, path: Path) -> None:
+    """Write through a temporary file in the same folder, so no half-written PNG is left."""
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            image.save(stream, format="PNG")
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -1,0 +1,30 @@
+"""Fixtures: random-weight checkpoints built from sdrt's configs, exported once per session."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    pytest.importorskip("diffusers")
+    from sdrt.export.random_model import build_random_pipeline
+
+    return build_random_pipeline("tiny", tmp_path_factory.mktemp("tiny") / "checkpoint")
+
+
+@pytest.fixture(scope="session")
+def tiny_artifact(tiny_checkpoint, tmp_path_factory) -> Path:
+    from sdrt.export.exporter import export_checkpoint
+
+    return export_checkpoint(tiny_checkpoint, tmp_path_factory.mktemp("tiny-artifact") / "artifact")
+
+
+@pytest.fixture(scope="session")
+def backends() -> list[str]:
+    from sdrt.runtime.backends import available_backends
+
+    names = available_backends()
+    assert names, "no backend package is installed"
+    return names
