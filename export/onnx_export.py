@@ -8,6 +8,7 @@ construction.
 """
 from __future__ import annotations
 
+import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,15 +111,22 @@ def export_component(spec: ComponentSpec, module, feeds: dict[str, np.ndarray], 
     parameters = sum(p.numel() for p in module.parameters())
     weight_bytes = sum(p.numel() * p.element_size() for p in module.parameters())
     args = tuple(torch.from_numpy(feeds[name]) for name in spec.input_names)
-    with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        program = torch.onnx.export(
-            module, args, input_names=spec.input_names, output_names=spec.output_names,
-            dynamic_shapes=_dynamic_shapes(spec), opset_version=OPSET, dynamo=True, verbose=False,
-        )
-        program.save(str(path), external_data=weight_bytes > EXTERNAL_DATA_THRESHOLD)
-        del program
-        reference = module(*args) if verify else None
+    # The exporter logs a warning per missing torchvision op on every call; quiet it here only.
+    exporter_log = logging.getLogger("torch.onnx")
+    level = exporter_log.level
+    exporter_log.setLevel(logging.ERROR)
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(
+                module, args, input_names=spec.input_names, output_names=spec.output_names,
+                dynamic_shapes=_dynamic_shapes(spec), opset_version=OPSET, dynamo=True, verbose=False,
+            )
+            program.save(str(path), external_data=weight_bytes > EXTERNAL_DATA_THRESHOLD)
+            del program
+            reference = module(*args) if verify else None
+    finally:
+        exporter_log.setLevel(level)
     files = [path] + sorted(p for p in folder.iterdir() if p != path)
     max_diff = None
     if verify:

@@ -12,7 +12,7 @@ import json
 from functools import lru_cache
 from pathlib import Path
 
-BPE_FILE = Path(__file__).parent / "clip" / "bpe_simple_vocab_16e6.txt.gz"
+BPE_FILE = Path(__file__).parent / "clip_bpe_simple_vocab_16e6.txt.gz"
 NUM_MERGES = 49152 - 256 - 2
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 

@@ -1,12 +1,12 @@
 """CLIP's byte-pair-encoding tokenizer in plain Python, reading vocab.json + merges.txt.
 
-It follows CLIP's `simple_tokenizer.py` (openai/CLIP): unescape HTML, collapse whitespace,
-lower-case, split with CLIP's pattern, byte-encode, apply merges by rank. CLIP also runs
-`ftfy.fix_text` first; sdrt does not, which only matters for mis-encoded (mojibake) text.
+It follows CLIP's `simple_tokenizer.py` (openai/CLIP): collapse whitespace, lower-case,
+split with CLIP's pattern, byte-encode, apply merges by rank. Like transformers'
+CLIPTokenizer without ftfy installed (what diffusers pipelines usually run), it does not
+run `ftfy.fix_text` or unescape HTML entities, so "&amp;" stays three tokens.
 """
 from __future__ import annotations
 
-import html
 import json
 import warnings
 from pathlib import Path
@@ -66,7 +66,6 @@ class ClipTokenizer:
 
     def encode(self, text: str) -> list[int]:
         """Token ids of `text`, without the start/end tokens."""
-        text = html.unescape(html.unescape(text))
         text = regex.sub(r"\s+", " ", text).strip().lower()
         ids: list[int] = []
         for piece in _PATTERN.findall(text):

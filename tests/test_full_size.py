@@ -1,0 +1,73 @@
+"""The real SD 1.5 sizes (UNet 860M parameters): external-data export and one UNet step.
+
+Random weights: latency and the export path do not depend on weight values. Slow (minutes,
+about 8 GB of RAM at peak), so it builds the model once for the module.
+"""
+import gc
+import json
+
+import numpy as np
+import pytest
+
+from sdrt.export.onnx_export import sample_inputs
+from sdrt.runtime.artifact import open_artifact
+from sdrt.runtime.backends import BACKENDS, SessionOptions, backend_module
+
+torch = pytest.importorskip("torch")
+pytestmark = pytest.mark.full_size
+
+
+@pytest.fixture(scope="module")
+def sd15(tmp_path_factory):
+    from sdrt.export.exporter import export_checkpoint
+    from sdrt.export.random_model import build_random_pipeline
+
+    root = tmp_path_factory.mktemp("sd15")
+    checkpoint = build_random_pipeline("sd15", root / "checkpoint")
+    artifact = export_checkpoint(checkpoint, root / "artifact")
+    return checkpoint, artifact
+
+
+def test_export_puts_the_unet_weights_in_external_data(sd15):
+    _, artifact = sd15
+    manifest = json.loads((artifact / "sdrt.json").read_text())
+    unet = manifest["components"]["unet"]
+    assert unet["files"] == ["unet/model.onnx", "unet/model.onnx.data"]
+    assert manifest["files"]["unet/model.onnx.data"]["size"] > 2**31
+    assert manifest["files"]["unet/model.onnx"]["size"] < 2**26
+    assert 850e6 < unet["parameters"] < 870e6
+    for name, entry in manifest["components"].items():
+        assert entry["max_abs_diff_vs_torch"] < 1e-3, name
+    assert manifest["pipeline"]["default_size"] == [512, 512] and manifest["pipeline"]["size_multiple"] == 64
+    open_artifact(artifact)  # checksums of 4 GB of files, external-data locations
+
+
+@pytest.fixture(scope="module")
+def unet_reference(sd15):
+    from diffusers import UNet2DConditionModel
+
+    checkpoint, artifact = sd15
+    spec = open_artifact(artifact, verify_checksums=False).component("unet").spec
+    feeds = sample_inputs(spec, {"batch": 2, "sequence": 77, "latent_height": 32, "latent_width": 32})
+    unet = UNet2DConditionModel.from_pretrained(checkpoint / "unet").eval()
+    with torch.no_grad():
+        expected = unet(*(torch.from_numpy(feeds[n]) for n in spec.input_names)).sample.numpy()
+    del unet
+    gc.collect()
+    return feeds, expected
+
+
+@pytest.mark.parametrize("backend", list(BACKENDS))
+def test_unet_step_at_256_matches_pytorch(sd15, unet_reference, backend):
+    try:
+        module = backend_module(backend)
+    except ImportError:
+        pytest.skip(f"{backend} is not installed")
+    _, artifact = sd15
+    feeds, expected = unet_reference
+    session = module.open_session(open_artifact(artifact, verify_checksums=False).component("unet"), SessionOptions())
+    got = session.run(feeds)["out_sample"]
+    del session
+    gc.collect()
+    assert got.shape == (2, 4, 32, 32)
+    assert np.abs(got - expected).max() <= 1e-3 * np.abs(expected).max()

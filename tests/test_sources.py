@@ -1,0 +1,45 @@
+"""Where checkpoints come from: local folders and hub ids go down one code path."""
+import pytest
+
+from sdrt.export import source
+from sdrt.export.source import ExportError, resolve_checkpoint
+
+
+def test_local_folder(tiny_checkpoint):
+    checkpoint = resolve_checkpoint(str(tiny_checkpoint))
+    assert checkpoint.folder == tiny_checkpoint
+
+
+def test_folder_that_is_not_a_diffusers_layout(tmp_path):
+    with pytest.raises(ExportError, match="has no model_index.json; give a folder in the diffusers layout"):
+        resolve_checkpoint(str(tmp_path))
+
+
+def test_hub_id_downloads_then_takes_the_folder_path(tiny_checkpoint, monkeypatch):
+    huggingface_hub = pytest.importorskip("huggingface_hub")
+    asked = {}
+
+    def fake_download(repo_id, allow_patterns):
+        asked["repo"], asked["patterns"] = repo_id, allow_patterns
+        return str(tiny_checkpoint)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_download)
+    checkpoint = resolve_checkpoint("someone/sd-model")
+    assert asked["repo"] == "someone/sd-model" and "unet/*.safetensors" in asked["patterns"]
+    assert checkpoint.folder == tiny_checkpoint and checkpoint.description == "hub:someone/sd-model"
+
+
+def test_hub_id_offline_says_what_to_do(monkeypatch):
+    huggingface_hub = pytest.importorskip("huggingface_hub")
+
+    def offline(repo_id, allow_patterns):
+        raise OSError("We couldn't connect to the hub and the files are not in the cache")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
+    with pytest.raises(ExportError, match="Could not fetch nobody/nothing from the hub .* pass the local folder"):
+        resolve_checkpoint("nobody/nothing")
+
+
+def test_missing_path(tmp_path):
+    with pytest.raises(ExportError, match="does not exist"):
+        resolve_checkpoint(str(tmp_path / "nope.safetensors"))
