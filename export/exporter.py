@@ -27,10 +27,12 @@ COMPONENTS = ("text_encoder", "unet", "vae_decoder", "vae_encoder")
 
 
 def export_checkpoint(source: str | os.PathLike, output: str | os.PathLike, *, allow_pickle: bool = False,
-                      overwrite: bool = False, verify: bool = True, progress: Progress | None = None) -> Path:
+                      overwrite: bool = False, verify: bool = True, single_file_config: str = "sd15",
+                      progress: Progress | None = None) -> Path:
     """Export a Stable Diffusion checkpoint to an sdrt artifact folder and return its path.
 
-    `source` is a local diffusers folder, a hub id, or a single .safetensors file (SD 1.x).
+    `source` is a local diffusers folder, a hub id, or a single .safetensors file, whose
+    architecture `single_file_config` names (a models.configs name or a folder of configs).
     """
     output = Path(output).expanduser().resolve()
     if output.exists() and not output.is_dir():
@@ -45,7 +47,8 @@ def export_checkpoint(source: str | os.PathLike, output: str | os.PathLike, *, a
     scratch.mkdir()
     report = progress or (lambda done, total, what: None)
     try:
-        checkpoint = resolve_checkpoint(str(source), allow_pickle=allow_pickle, work_dir=scratch)
+        checkpoint = resolve_checkpoint(str(source), allow_pickle=allow_pickle, work_dir=scratch,
+                                        single_file_config=single_file_config)
         _export_into(checkpoint.folder, checkpoint.description, staging, verify, report)
         if output.exists():
             shutil.rmtree(output)

@@ -26,8 +26,13 @@ class Checkpoint:
     description: str  # what the user named, for the manifest
 
 
-def resolve_checkpoint(source: str, *, allow_pickle: bool = False, work_dir: Path | None = None) -> Checkpoint:
-    """Turn what the user named into a local diffusers folder."""
+def resolve_checkpoint(source: str, *, allow_pickle: bool = False, work_dir: Path | None = None,
+                       single_file_config: str = "sd15") -> Checkpoint:
+    """Turn what the user named into a local diffusers folder.
+
+    `single_file_config` says what a single-file checkpoint holds: a config name of
+    models.configs (sd15, tiny) or a diffusers folder whose config files describe it.
+    """
     path = Path(source).expanduser()
     if path.suffix.lower() in PICKLE_SUFFIXES:
         if not allow_pickle:
@@ -37,11 +42,11 @@ def resolve_checkpoint(source: str, *, allow_pickle: bool = False, work_dir: Pat
             )
         if not path.is_file():
             raise ExportError(f"Checkpoint file {source} does not exist.")
-        return _from_single_file(path, work_dir, allow_pickle=True)
+        return _from_single_file(path, work_dir, single_file_config, allow_pickle=True)
     if path.suffix.lower() in SINGLE_FILE_SUFFIXES:
         if not path.is_file():
             raise ExportError(f"Checkpoint file {source} does not exist.")
-        return _from_single_file(path, work_dir, allow_pickle=False)
+        return _from_single_file(path, work_dir, single_file_config, allow_pickle=False)
     if path.is_dir():
         _check_diffusers_folder(path)
         return Checkpoint(path, str(source))
@@ -82,15 +87,22 @@ def _download(repo_id: str) -> Path:
     return folder
 
 
-def _from_single_file(path: Path, work_dir: Path | None, *, allow_pickle: bool) -> Checkpoint:
-    """Convert an original-layout SD 1.x checkpoint into a diffusers folder.
+def _from_single_file(path: Path, work_dir: Path | None, config: str, *, allow_pickle: bool) -> Checkpoint:
+    """Convert an original-layout (LDM) SD checkpoint into a diffusers folder.
 
-    The configs come from models.configs (SD 1.5), so no hub access is needed.
+    The configs come from models.configs or a local folder, so no hub access is needed.
     """
     from diffusers import StableDiffusionPipeline
 
-    config_dir = Path(tempfile.mkdtemp(prefix="sdrt-config-", dir=work_dir))
-    write_config_folder(config_dir, checkpoint_config("sd15"))
+    if Path(config).is_dir():
+        config_dir = Path(config)
+    else:
+        try:
+            settings = checkpoint_config(config)
+        except ValueError as error:
+            raise ExportError(f"{error} Or give a diffusers folder with the checkpoint's config files.") from None
+        config_dir = Path(tempfile.mkdtemp(prefix="sdrt-config-", dir=work_dir))
+        write_config_folder(config_dir, settings)
     try:
         pipe = StableDiffusionPipeline.from_single_file(
             str(path), config=str(config_dir), local_files_only=True, safety_checker=None,

@@ -33,6 +33,9 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--overwrite", action="store_true", help="replace the output folder if it is not empty")
     export.add_argument("--allow-pickle", action="store_true",
                         help="allow .ckpt/.pt pickle checkpoints (loading one runs code from the file)")
+    export.add_argument("--config", default="sd15",
+                        help="for a single-file checkpoint: its architecture, a known config (sd15, tiny) or a "
+                             "diffusers folder holding its config files (default sd15)")
     export.add_argument("--no-verify", action="store_true",
                         help="skip measuring each component against PyTorch after export")
 
@@ -121,7 +124,7 @@ def _export(args) -> int:
         source = str(build_random_pipeline(source.split(":", 1)[1], Path(scratch.name) / "checkpoint"))
     try:
         path = export_checkpoint(source, args.output, allow_pickle=args.allow_pickle, overwrite=args.overwrite,
-                                 verify=not args.no_verify, progress=progress)
+                                 verify=not args.no_verify, single_file_config=args.config, progress=progress)
     finally:
         if bar is not None:
             bar.close()

@@ -1,4 +1,4 @@
-"""Where checkpoints come from: local folders and hub ids go down one code path."""
+"""Where checkpoints come from: local folders, hub ids and single files end as one folder path."""
 import pytest
 
 from sdrt.export import source
@@ -43,3 +43,29 @@ def test_hub_id_offline_says_what_to_do(monkeypatch):
 def test_missing_path(tmp_path):
     with pytest.raises(ExportError, match="does not exist"):
         resolve_checkpoint(str(tmp_path / "nope.safetensors"))
+
+
+def test_single_file_checkpoint_exports_and_matches_the_folder(tiny_checkpoint, tmp_path):
+    """An original-layout .safetensors file converts to the same weights as the diffusers folder."""
+    torch = pytest.importorskip("torch")
+    from ldm_checkpoint import write_ldm_checkpoint
+
+    single = write_ldm_checkpoint(tiny_checkpoint, tmp_path / "tiny.safetensors")
+    checkpoint = resolve_checkpoint(str(single), work_dir=tmp_path, single_file_config="tiny")
+    assert checkpoint.description == "file:tiny.safetensors"
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    for cls, part in ((UNet2DConditionModel, "unet"), (AutoencoderKL, "vae"), (CLIPTextModel, "text_encoder")):
+        original = cls.from_pretrained(tiny_checkpoint / part).state_dict()
+        converted = cls.from_pretrained(checkpoint.folder / part).state_dict()
+        assert original.keys() == converted.keys(), part
+        for key in original:
+            assert torch.equal(original[key], converted[key]), (part, key)
+
+
+def test_single_file_with_an_unknown_config_name(tmp_path):
+    single = tmp_path / "model.safetensors"
+    single.write_bytes(b"")
+    with pytest.raises(ExportError, match="Unknown model config 'sdxxl'"):
+        resolve_checkpoint(str(single), work_dir=tmp_path, single_file_config="sdxxl")

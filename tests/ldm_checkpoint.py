@@ -1,0 +1,101 @@
+"""Test helper: write a diffusers SD pipeline as an original-layout (LDM) single-file checkpoint.
+
+The inverse of diffusers' single_file_utils converters (convert_ldm_unet_checkpoint,
+convert_ldm_vae_checkpoint, convert_ldm_clip_checkpoint), for SD 1.x-style configs, so
+that `from_single_file` can be exercised on random weights of any size.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+RESNET = {"norm1": "in_layers.0", "conv1": "in_layers.2", "norm2": "out_layers.0", "conv2": "out_layers.3",
+          "time_emb_proj": "emb_layers.1", "conv_shortcut": "skip_connection"}
+VAE_ATTENTION = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
+
+
+def _unet_key(key: str, config: dict) -> str:
+    from diffusers.loaders.single_file_utils import DIFFUSERS_TO_LDM_MAPPING
+
+    direct = DIFFUSERS_TO_LDM_MAPPING["unet"]["layers"]
+    if key in direct:
+        return direct[key]
+    per_block = config["layers_per_block"] + 1
+    parts = key.split(".")
+
+    def resnet(rest: list[str]) -> str:
+        return ".".join([RESNET.get(rest[0], rest[0])] + rest[1:])
+
+    if parts[0] == "down_blocks":
+        block = int(parts[1])
+        if parts[2] == "downsamplers":
+            return f"input_blocks.{(block + 1) * per_block}.0.op.{parts[-1]}"
+        index = block * per_block + int(parts[3]) + 1
+        if parts[2] == "resnets":
+            return f"input_blocks.{index}.0.{resnet(parts[4:])}"
+        return f"input_blocks.{index}.1.{'.'.join(parts[4:])}"
+    if parts[0] == "mid_block":
+        if parts[1] == "resnets":
+            return f"middle_block.{2 * int(parts[2])}.{resnet(parts[3:])}"
+        return f"middle_block.1.{'.'.join(parts[3:])}"
+    if parts[0] == "up_blocks":
+        block = int(parts[1])
+        if parts[2] == "upsamplers":
+            has_attention = "CrossAttn" in config["up_block_types"][block]
+            return f"output_blocks.{block * per_block + per_block - 1}.{2 if has_attention else 1}.conv.{parts[-1]}"
+        index = block * per_block + int(parts[3])
+        if parts[2] == "resnets":
+            return f"output_blocks.{index}.0.{resnet(parts[4:])}"
+        return f"output_blocks.{index}.1.{'.'.join(parts[4:])}"
+    raise KeyError(key)
+
+
+def _vae_key(key: str, blocks: int) -> str:
+    from diffusers.loaders.single_file_utils import DIFFUSERS_TO_LDM_MAPPING
+
+    direct = DIFFUSERS_TO_LDM_MAPPING["vae"]
+    if key in direct:
+        return direct[key]
+    coder, kind, *rest = key.split(".")
+    if kind == "down_blocks":
+        block, what = rest[0], rest[1]
+        if what == "downsamplers":
+            return f"{coder}.down.{block}.downsample.conv.{rest[-1]}"
+        tail = ".".join(rest[3:]).replace("conv_shortcut", "nin_shortcut")
+        return f"{coder}.down.{block}.block.{rest[2]}.{tail}"
+    if kind == "up_blocks":
+        block, what = blocks - 1 - int(rest[0]), rest[1]
+        if what == "upsamplers":
+            return f"{coder}.up.{block}.upsample.conv.{rest[-1]}"
+        tail = ".".join(rest[3:]).replace("conv_shortcut", "nin_shortcut")
+        return f"{coder}.up.{block}.block.{rest[2]}.{tail}"
+    if kind == "mid_block":
+        if rest[0] == "resnets":
+            tail = ".".join(rest[2:]).replace("conv_shortcut", "nin_shortcut")
+            return f"{coder}.mid.block_{int(rest[1]) + 1}.{tail}"
+        name = ".".join(rest[2:-1])
+        return f"{coder}.mid.attn_1.{VAE_ATTENTION[name]}.{rest[-1]}"
+    raise KeyError(key)
+
+
+def write_ldm_checkpoint(diffusers_folder: Path, target: Path) -> Path:
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    folder = Path(diffusers_folder)
+    unet_config = json.loads((folder / "unet" / "config.json").read_text())
+    vae_config = json.loads((folder / "vae" / "config.json").read_text())
+    state: dict[str, torch.Tensor] = {}
+    for key, value in load_file(folder / "unet" / "diffusion_pytorch_model.safetensors").items():
+        state["model.diffusion_model." + _unet_key(key, unet_config)] = value
+    for key, value in load_file(folder / "vae" / "diffusion_pytorch_model.safetensors").items():
+        ldm = _vae_key(key, len(vae_config["up_block_types"]))
+        if ".mid.attn_1." in ldm and value.ndim == 2:
+            value = value[:, :, None, None]  # LDM's attention projections are 1x1 convolutions
+        state["first_stage_model." + ldm] = value
+    for key, value in load_file(folder / "text_encoder" / "model.safetensors").items():
+        # transformers 5 saves CLIPTextModel without its `text_model.` prefix; LDM files have it.
+        key = key if key.startswith("text_model.") else "text_model." + key
+        state["cond_stage_model.transformer." + key] = value
+    save_file({k: v.contiguous() for k, v in state.items()}, target)
+    return target
