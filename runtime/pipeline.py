@@ -74,7 +74,8 @@ class GenerationResult:
 class StableDiffusionPipeline:
     """Text-to-image on an sdrt artifact of the SD 1.x / 2.x families, on one backend."""
 
-    def __init__(self, artifact: Artifact, backend: str = "onnxruntime", options: SessionOptions = SessionOptions()):
+    def __init__(self, artifact: Artifact, backend: str = "onnxruntime", options: SessionOptions | None = None):
+        options = options or SessionOptions()
         if artifact.family not in ("sd1", "sd2"):
             raise ArtifactError(f"This sdrt runs the sd1 and sd2 families; the artifact is {artifact.family!r}.")
         self.artifact = artifact
@@ -157,20 +158,20 @@ class StableDiffusionPipeline:
 
         step_times: list[float] = []
         tick = time.perf_counter()
-        for index, latents in run_plan(plan, latents, predict, noise):
-            now = time.perf_counter()
-            step_times.append(now - tick)
+        final = latents
+        for index, final in run_plan(plan, latents, predict, noise):
+            step_times.append(time.perf_counter() - tick)
             if callback is not None:
-                callback(index, plan.steps[index].timestep, latents)
+                callback(index, plan.steps[index].timestep, final)
             tick = time.perf_counter()
         timings["steps"] = step_times
         timings["denoising"] = float(sum(step_times))
 
         if request.output_type == "latent":
-            images = latents
+            images = final
         else:
             tick = time.perf_counter()
-            decoded = self._decode(latents)
+            decoded = self._decode(final)
             timings["vae_decoder"] = time.perf_counter() - tick
             images = to_unit_range(decoded)
             if request.output_type == "pil":

@@ -1,7 +1,6 @@
 """Where checkpoints come from: local folders, hub ids and single files end as one folder path."""
 import pytest
 
-from sdrt.export import source
 from sdrt.export.source import ExportError, resolve_checkpoint
 
 
