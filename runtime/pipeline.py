@@ -109,6 +109,10 @@ class StableDiffusionPipeline:
             sampler = "dpmpp_2m_karras"
         return sampler
 
+    def plan(self, num_inference_steps: int, scheduler: str | None = None) -> SamplerPlan:
+        """The sampler plan a request with these settings runs (one UNet call per step)."""
+        return compile_plan(scheduler or self.default_sampler, self.artifact.pipeline["scheduler"], num_inference_steps)
+
     def __call__(self, prompt: str | list[str], negative_prompt: str | list[str] | None = None, *,
                  num_inference_steps: int = 50, guidance_scale: float = 7.5, height: int | None = None,
                  width: int | None = None, seed: int | None = None, scheduler: str | None = None,
@@ -131,7 +135,7 @@ class StableDiffusionPipeline:
         embeddings = self._encode(request)
         timings["text_encoder"] = time.perf_counter() - tick
 
-        plan = compile_plan(request.sampler, self.artifact.pipeline["scheduler"], request.num_inference_steps)
+        plan = self.plan(request.num_inference_steps, request.sampler)
         shape = (request.batch_size, self.latent_channels, request.height // self.vae_scale_factor,
                  request.width // self.vae_scale_factor)
         if latents is None:

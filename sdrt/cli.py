@@ -184,7 +184,7 @@ def _generate(args) -> int:
     width, height = _parse_size(args.size) if args.size else (None, None)
     pipe = sdrt.load(args.artifact, backend=args.backend, device=args.device, precision=args.precision,
                      num_threads=args.threads)
-    bar = _progress_bar(args.steps, "step")
+    bar = _progress_bar(len(pipe.plan(args.steps, args.scheduler).steps), "step") if args.steps >= 1 else None
 
     def on_step(index: int, timestep: float, latents) -> None:
         if bar is not None:
