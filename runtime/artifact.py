@@ -69,7 +69,8 @@ def open_artifact(path: str | os.PathLike, *, verify_checksums: bool = True) -> 
     """
     root = Path(path).expanduser()
     if not root.is_dir():
-        raise ArtifactError(f"Artifact folder {root} does not exist; export one with `sdrt export CHECKPOINT -o {root}`.")
+        raise ArtifactError(f"Artifact folder {root} does not exist; export one with "
+                            f"`sdrt export CHECKPOINT -o {root}`.")
     manifest_path = root / MANIFEST_NAME
     if not manifest_path.is_file():
         raise ArtifactError(f"{root} has no {MANIFEST_NAME}, so it is not a complete sdrt artifact (an interrupted "
@@ -88,7 +89,8 @@ def open_artifact(path: str | os.PathLike, *, verify_checksums: bool = True) -> 
         jsonschema.validate(manifest, manifest_schema())
     except jsonschema.ValidationError as error:
         where = "/".join(str(p) for p in error.absolute_path) or "(top level)"
-        raise ArtifactError(f"{manifest_path} does not follow the manifest schema at {where}: {error.message}.") from error
+        raise ArtifactError(
+            f"{manifest_path} does not follow the manifest schema at {where}: {error.message}.") from error
 
     resolved_root = root.resolve()
     for relative, record in manifest["files"].items():
@@ -125,12 +127,14 @@ def _check_external_data(root: Path, name: str, entry: dict) -> None:
     try:
         locations = external_data_locations(model)
     except (ProtobufError, UnicodeDecodeError, ValueError) as error:
-        raise ArtifactError(f"{entry['path']} is not a readable ONNX file ({error}); export the artifact again.") from error
+        raise ArtifactError(
+            f"{entry['path']} is not a readable ONNX file ({error}); export the artifact again.") from error
     folder = PurePosixPath(entry["path"]).parent
     for location in locations:
         relative = (folder / location).as_posix()
         target = (model.parent / location).resolve()
-        if PurePosixPath(location).is_absolute() or not target.is_relative_to(root) or ".." in PurePosixPath(location).parts:
+        pure = PurePosixPath(location)
+        if pure.is_absolute() or ".." in pure.parts or not target.is_relative_to(root):
             raise ArtifactError(f"{entry['path']} refers to external data at {location!r}, outside the artifact "
                                 "folder; refusing to load it (path traversal).")
         if relative not in entry["files"]:

@@ -261,7 +261,7 @@ def load(artifact: str | os.PathLike, backend: str = "onnxruntime", device: str 
     """Open an sdrt artifact folder on a backend and return a text-to-image pipeline.
 
     backend: "onnxruntime" or "openvino"; device: "cpu" (openvino also "gpu", "npu");
-    precision: "fp32", or "bf16" on openvino (fast on CPUs with AMX).
+    precision: "fp32", or "bf16" on openvino (fast on CPUs with AMX or AVX512-BF16).
     """
     options = SessionOptions(device=device, precision=precision, num_threads=num_threads)
     backend_module(backend)  # a missing package fails before the checksums are read

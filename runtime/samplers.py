@@ -108,9 +108,11 @@ def compile_plan(sampler: str, scheduler_config: dict, num_inference_steps: int)
     if config["rescale_betas_zero_snr"]:
         raise RequestError("Scheduler configs with rescale_betas_zero_snr=true are not supported yet.")
     if config["prediction_type"] not in ("epsilon", "v_prediction"):
-        raise RequestError(f"prediction_type {config['prediction_type']!r} is not supported; use epsilon or v_prediction.")
+        raise RequestError(
+            f"prediction_type {config['prediction_type']!r} is not supported; use epsilon or v_prediction.")
     if config["timestep_spacing"] not in ("leading", "trailing", "linspace"):
-        raise RequestError(f"timestep_spacing must be leading, trailing or linspace, got {config['timestep_spacing']!r}.")
+        raise RequestError(
+            f"timestep_spacing must be leading, trailing or linspace, got {config['timestep_spacing']!r}.")
     alphas_cumprod = _alphas_cumprod(config)
     builder = {
         "ddim": _ddim, "pndm": _pndm, "euler": _euler, "euler_a": _euler_ancestral,
@@ -136,7 +138,8 @@ def _alphas_cumprod(config: dict) -> np.ndarray:
         betas = np.asarray([min(1 - alpha_bar((i + 1) / n) / alpha_bar(i / n), 0.999) for i in range(n)],
                            dtype=np.float32)
     else:
-        raise RequestError(f"beta_schedule {schedule!r} is not supported; use linear, scaled_linear or squaredcos_cap_v2.")
+        raise RequestError(
+            f"beta_schedule {schedule!r} is not supported; use linear, scaled_linear or squaredcos_cap_v2.")
     return np.cumprod(np.float32(1.0) - betas, dtype=np.float32)
 
 

@@ -54,7 +54,8 @@ def _parser() -> argparse.ArgumentParser:
                           help="inference engine (default: onnxruntime)")
     generate.add_argument("--device", default="cpu", help="device for the backend: cpu (openvino also gpu, npu)")
     generate.add_argument("--precision", default="fp32", choices=list(PRECISIONS),
-                          help="compute precision; bf16 is an openvino option, fast on CPUs with AMX (default fp32)")
+                          help="compute precision; bf16 is an openvino option, fast on CPUs with AMX or "
+                               "AVX512-BF16 (default fp32)")
     generate.add_argument("--steps", type=int, default=20, help="denoising steps (default 20)")
     generate.add_argument("--guidance", type=float, default=7.5,
                           help="classifier-free guidance scale; <= 1 turns guidance off (default 7.5)")

@@ -72,7 +72,7 @@ def test_unknown_device_is_refused_with_the_devices_it_runs_on(artifact, backend
 
 
 def test_openvino_fp32_is_not_bf16(artifact):
-    """OpenVINO on AMX CPUs runs bf16 unless told f32; fp32 must match PyTorch closely."""
+    """OpenVINO on bf16-capable CPUs runs bf16 unless told f32; fp32 must match PyTorch closely."""
     pytest.importorskip("openvino")
     session = backend_module("openvino").open_session(artifact.component("unet"), SessionOptions())
     hint = session._compiled.get_property("INFERENCE_PRECISION_HINT")

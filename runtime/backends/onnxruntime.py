@@ -14,7 +14,8 @@ PROVIDERS = {"cpu": "CPUExecutionProvider"}
 class OnnxRuntimeSession:
     def __init__(self, component: Component, options: SessionOptions):
         if options.device not in PROVIDERS:
-            raise RequestError(f"The onnxruntime backend runs on: {', '.join(PROVIDERS)}; got device {options.device!r}.")
+            raise RequestError(
+                f"The onnxruntime backend runs on: {', '.join(PROVIDERS)}; got device {options.device!r}.")
         if options.precision != "fp32":
             raise RequestError(f"The onnxruntime backend runs the fp32 artifact as exported; precision "
                                f"{options.precision!r} is an openvino option (use backend='openvino').")

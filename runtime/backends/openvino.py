@@ -1,7 +1,7 @@
-"""OpenVINO backend: CPU (bf16 on AMX CPUs when asked), GPU and NPU devices.
+"""OpenVINO backend: CPU (bf16 when asked, on CPUs with AMX or AVX512-BF16), GPU and NPU devices.
 
-OpenVINO runs bf16 on CPUs with AMX unless told otherwise, so the precision hint is always
-set explicitly: fp32 means INFERENCE_PRECISION_HINT=f32.
+OpenVINO runs bf16 on CPUs with bf16 support (AMX, AVX512-BF16) unless told otherwise, so the
+precision hint is always set explicitly: fp32 means INFERENCE_PRECISION_HINT=f32.
 """
 from __future__ import annotations
 
