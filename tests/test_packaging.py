@@ -16,6 +16,8 @@ def test_regular_install_has_every_subpackage_and_data(tmp_path):
          "import sdrt, sdrt.export.exporter, sdrt.runtime.backends.onnxruntime, sdrt.kernels.image, sdrt.benchmarks;"
          "from sdrt.models.clip_vocab import clip_vocab; from sdrt.models.manifest import manifest_schema;"
          "assert len(clip_vocab()) == 49408; assert manifest_schema()['title'];"
+         "from sdrt.models.demo.evaluation import load_evaluation_prompts;"
+         "assert len(load_evaluation_prompts()) == 100;"
          "print(sdrt.__file__)"],
         capture_output=True, text=True, cwd=tmp_path, env={"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin"})
     assert check.returncode == 0, check.stderr
