@@ -74,6 +74,29 @@ _CONFIGS = {
     },
 }
 
+# The embedded demo model (models/demo): 64x64 images, an f=4 VAE (16x16 latents), a small
+# CLIP text encoder with the real tokenizer. Its scaling_factor is replaced by the measured
+# latent spread when the VAE has been trained.
+_CONFIGS["demo"] = {
+    "text_encoder": {**CLIP_TEXT_COMMON, "hidden_size": 64, "intermediate_size": 256,
+                     "num_attention_heads": 4, "num_hidden_layers": 3, "projection_dim": 64},
+    "unet": {
+        "sample_size": 16, "in_channels": 4, "out_channels": 4,
+        "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+        "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+        "block_out_channels": [64, 128], "layers_per_block": 1,
+        "cross_attention_dim": 64, "attention_head_dim": 8, "norm_num_groups": 32,
+    },
+    "vae": {
+        "in_channels": 3, "out_channels": 3, "latent_channels": 4, "sample_size": 64,
+        "down_block_types": ["DownEncoderBlock2D"] * 3, "up_block_types": ["UpDecoderBlock2D"] * 3,
+        "block_out_channels": [32, 64, 64], "layers_per_block": 1, "norm_num_groups": 32,
+        "scaling_factor": 1.0,
+    },
+    "scheduler": {**SD1_SCHEDULER, "_class_name": "DPMSolverMultistepScheduler", "timestep_spacing": "linspace",
+                  "steps_offset": 0, "algorithm_type": "dpmsolver++", "solver_order": 2},
+}
+
 KNOWN_CONFIGS = tuple(_CONFIGS)
 
 
