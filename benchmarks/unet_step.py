@@ -10,8 +10,7 @@ import statistics
 import sys
 import time
 
-import numpy as np
-
+from sdrt.models.components import random_feeds
 from sdrt.runtime.artifact import open_artifact
 from sdrt.runtime.backends import SessionOptions, backend_module
 
@@ -21,12 +20,8 @@ def measure(artifact_path: str, backend: str, height: int, width: int, batch: in
     artifact = open_artifact(artifact_path, verify_checksums=False)
     component = artifact.component_for_role("denoiser")
     factor = artifact.pipeline["vae_scale_factor"]
-    shapes = {t.name: t.shape for t in component.spec.inputs}
     sizes = {"batch": batch, "latent_height": height // factor, "latent_width": width // factor, "sequence": 77}
-    rng = np.random.default_rng(0)
-    feeds = {name: rng.standard_normal([sizes.get(a, a) for a in shape]).astype(np.float32)
-             for name, shape in shapes.items()}
-    feeds["timestep"] = np.full(feeds["timestep"].shape, 500.0, dtype=np.float32)
+    feeds = random_feeds(component.spec, sizes)
     started = time.perf_counter()
     session = backend_module(backend).open_session(component, SessionOptions(precision=precision))
     load = time.perf_counter() - started

@@ -16,8 +16,9 @@ from importlib import metadata
 from pathlib import Path
 
 from ..models import components as descriptors
+from ..models.components import random_feeds
 from ..models.manifest import FORMAT, MANIFEST_NAME, SCHEMA_VERSION, sha256_file
-from .onnx_export import OPSET, component_modules, export_component, sample_inputs
+from .onnx_export import OPSET, component_modules, export_component
 from .source import ExportError, resolve_checkpoint
 
 # progress(done, total, what is being done now)
@@ -107,7 +108,7 @@ def _export_into(folder: Path, description: str, target: Path, verify: bool, rep
     for done, name in enumerate(COMPONENTS, start=1):
         report(done, total, f"exporting {name}")
         spec = specs[name]
-        exported = export_component(spec, modules[name], sample_inputs(spec, sizes), target / name, verify=verify)
+        exported = export_component(spec, modules[name], random_feeds(spec, sizes), target / name, verify=verify)
         entries[name] = {
             **spec.to_json(),
             "path": f"{name}/model.onnx",

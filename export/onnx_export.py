@@ -71,21 +71,6 @@ def component_modules(text_encoder, unet, vae):
     return {"text_encoder": TextEncoder(), "unet": UNet(), "vae_decoder": VaeDecoder(), "vae_encoder": VaeEncoder()}
 
 
-def sample_inputs(spec: ComponentSpec, sizes: dict[str, int], seed: int = 0) -> dict[str, np.ndarray]:
-    """Random inputs for `spec` with symbolic axes set from `sizes`."""
-    rng = np.random.default_rng(seed)
-    feeds = {}
-    for tensor in spec.inputs:
-        shape = tuple(sizes[a] if isinstance(a, str) else a for a in tensor.shape)
-        if tensor.dtype == "int64":
-            feeds[tensor.name] = rng.integers(0, 49406, size=shape, dtype=np.int64)
-        elif tensor.name == "timestep":
-            feeds[tensor.name] = rng.uniform(1, 999, size=shape).astype(np.float32)
-        else:
-            feeds[tensor.name] = rng.standard_normal(shape).astype(np.float32)
-    return feeds
-
-
 def _dynamic_shapes(spec: ComponentSpec):
     from torch.export import Dim
 

@@ -1,3 +1,4 @@
 """Model-family specs: per-component I/O descriptors, checkpoint configs, the artifact manifest
-contract and the CLIP vocabulary. Pure data and numpy-free Python; imports neither torch nor the
-runtime, so both the exporter and the runtime read the same source of truth."""
+contract, the CLIP vocabulary and the demo model's world. Plain Python and numpy; imports neither
+the runtime nor the exporter (the demo's training recipe imports torch lazily), so both read the
+same source of truth."""

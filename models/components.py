@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
+
 # Latent-space range of the exported spatial axes. 8..256 latent pixels covers 64..2048 px
 # for an f=8 VAE; the range only bounds the exporter's symbolic shapes and the
 # TensorRT-style profiles of later backends.
@@ -128,3 +130,19 @@ def vae_encoder_spec(latent_channels: int, scale_factor: int) -> ComponentSpec:
                      "width": (scale_factor, LATENT_MAX * scale_factor)},
         axis_multiples={"height": scale_factor, "width": scale_factor},
     )
+
+
+def random_feeds(spec: ComponentSpec, sizes: dict[str, int], seed: int = 0) -> dict[str, np.ndarray]:
+    """Random inputs for `spec`, its symbolic axes set from `sizes`: token ids in CLIP's range,
+    timesteps in (1, 999), standard-normal floats elsewhere. For export checks, tests and benchmarks."""
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for tensor in spec.inputs:
+        shape = tuple(sizes[a] if isinstance(a, str) else a for a in tensor.shape)
+        if tensor.dtype == "int64":
+            feeds[tensor.name] = rng.integers(0, 49406, size=shape, dtype=np.int64)
+        elif tensor.name == "timestep":
+            feeds[tensor.name] = rng.uniform(1, 999, size=shape).astype(np.float32)
+        else:
+            feeds[tensor.name] = rng.standard_normal(shape).astype(np.float32)
+    return feeds

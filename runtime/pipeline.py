@@ -20,7 +20,7 @@ from .backends import SessionOptions, backend_module
 from .errors import ArtifactError, RequestError
 from .loop import run_plan
 from .noise import INITIAL_LATENTS_STREAM, gaussian_noise, step_noise_stream
-from .samplers import SAMPLERS, SamplerPlan, compile_plan
+from .samplers import SamplerPlan, compile_plan
 from .tokenizer import ClipTokenizer
 
 OUTPUT_TYPES = ("pil", "np", "latent")
@@ -49,7 +49,7 @@ class GenerationRequest:
     height: int
     width: int
     seed: int
-    sampler: str
+    plan: SamplerPlan  # compiled from the sampler name and step count, which it also validates
     num_images_per_prompt: int
     output_type: str
 
@@ -135,7 +135,7 @@ class StableDiffusionPipeline:
         embeddings = self._encode(request)
         timings["text_encoder"] = time.perf_counter() - tick
 
-        plan = self.plan(request.num_inference_steps, request.sampler)
+        plan = request.plan
         shape = (request.batch_size, self.latent_channels, request.height // self.vae_scale_factor,
                  request.width // self.vae_scale_factor)
         if latents is None:
@@ -146,11 +146,18 @@ class StableDiffusionPipeline:
                 raise RequestError(f"latents must have shape {shape} for this request, got {latents.shape}.")
         latents = latents * np.float32(plan.init_noise_sigma)
 
+        # The UNet's inputs are allocated once and refilled every step; with guidance on, the
+        # latents go in twice, as the unconditional and the conditional half of one batch.
+        copies = 2 if request.uses_guidance else 1
+        sample = np.empty((copies * shape[0], *shape[1:]), dtype=np.float32)
+        timestep_feed = np.empty((sample.shape[0],), dtype=np.float32)
+        feeds = {"sample": sample, "timestep": timestep_feed, "encoder_hidden_states": embeddings}
+        halves = np.split(sample, copies)
+
         def predict(scaled: np.ndarray, timestep: float) -> np.ndarray:
-            if request.uses_guidance:
-                scaled = np.concatenate([scaled, scaled])
-            feeds = {"sample": scaled, "timestep": np.full((scaled.shape[0],), timestep, dtype=np.float32),
-                     "encoder_hidden_states": embeddings}
+            for half in halves:
+                half[...] = scaled
+            timestep_feed.fill(timestep)
             out = self._unet.run(feeds)["out_sample"]
             if request.uses_guidance:
                 uncond, cond = np.split(out, 2)
@@ -199,8 +206,7 @@ class StableDiffusionPipeline:
             if len(negatives) != len(prompts):
                 raise RequestError(f"negative_prompt has {len(negatives)} entries for {len(prompts)} prompts; "
                                    "give one per prompt or a single string.")
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise RequestError(f"num_inference_steps must be an integer >= 1, got {steps!r}.")
+        plan = self.plan(steps, sampler)  # refuses bad step counts and unknown samplers
         try:
             value = float(guidance)
         except (TypeError, ValueError):
@@ -218,9 +224,6 @@ class StableDiffusionPipeline:
             hint = f"{_round_to(height, multiple)}x{_round_to(width, multiple)}"
             raise RequestError(f"height and width must be multiples of {multiple} for this model, got "
                                f"{height}x{width}; try {hint}.")
-        sampler = sampler or self.default_sampler
-        if sampler not in SAMPLERS:
-            raise RequestError(f"Unknown scheduler {sampler!r}; choose one of: {', '.join(SAMPLERS)}.")
         if isinstance(per_prompt, bool) or not isinstance(per_prompt, int) or per_prompt < 1:
             raise RequestError(f"num_images_per_prompt must be an integer >= 1, got {per_prompt!r}.")
         if output_type not in OUTPUT_TYPES:
@@ -229,7 +232,7 @@ class StableDiffusionPipeline:
             seed = int.from_bytes(os.urandom(8), "little") >> 1
         elif isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64:
             raise RequestError(f"seed must be an integer in [0, 2**64), got {seed!r}.")
-        return GenerationRequest(prompts, negatives, steps, guidance, height, width, seed, sampler, per_prompt,
+        return GenerationRequest(prompts, negatives, steps, guidance, height, width, seed, plan, per_prompt,
                                  output_type)
 
     def _encode(self, request: GenerationRequest) -> np.ndarray:

@@ -94,7 +94,7 @@ def compile_plan(sampler: str, scheduler_config: dict, num_inference_steps: int)
     """Compile `sampler` for a checkpoint's diffusers scheduler config into a plan."""
     if sampler not in SAMPLERS:
         raise RequestError(f"Unknown scheduler {sampler!r}; choose one of: {', '.join(SAMPLERS)}.")
-    if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
+    if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or num_inference_steps < 1:
         raise RequestError(f"num_inference_steps must be an integer >= 1, got {num_inference_steps!r}.")
     config = {**_COMMON_DEFAULTS, **_DEFAULTS[sampler],
               **{k: v for k, v in scheduler_config.items() if not k.startswith("_")}}

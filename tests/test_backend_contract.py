@@ -6,7 +6,8 @@ test code is needed.
 import numpy as np
 import pytest
 
-from sdrt.export.onnx_export import component_modules, sample_inputs
+from sdrt.export.onnx_export import component_modules
+from sdrt.models.components import random_feeds
 from sdrt.runtime.artifact import open_artifact
 from sdrt.runtime.backends import BACKENDS, SessionOptions, backend_module
 from sdrt.runtime.errors import RequestError
@@ -49,7 +50,7 @@ def test_component_matches_pytorch(artifact, torch_modules, backend, component):
     for batch, lh, lw in SHAPES:
         sizes = {"batch": batch, "sequence": 77, "latent_height": lh, "latent_width": lw,
                  "height": lh * factor, "width": lw * factor}
-        feeds = sample_inputs(target.spec, sizes, seed=batch)
+        feeds = random_feeds(target.spec, sizes, seed=batch)
         outputs = session.run(feeds)
         with torch.no_grad():
             expected = torch_modules[component](*(torch.from_numpy(feeds[n]) for n in target.spec.input_names))

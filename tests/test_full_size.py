@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 
-from sdrt.export.onnx_export import sample_inputs
+from sdrt.models.components import random_feeds
 from sdrt.runtime.artifact import open_artifact
 from sdrt.runtime.backends import BACKENDS, SessionOptions, backend_module
 
@@ -48,7 +48,7 @@ def unet_reference(sd15):
 
     checkpoint, artifact = sd15
     spec = open_artifact(artifact, verify_checksums=False).component("unet").spec
-    feeds = sample_inputs(spec, {"batch": 2, "sequence": 77, "latent_height": 32, "latent_width": 32})
+    feeds = random_feeds(spec, {"batch": 2, "sequence": 77, "latent_height": 32, "latent_width": 32})
     unet = UNet2DConditionModel.from_pretrained(checkpoint / "unet").eval()
     with torch.no_grad():
         expected = unet(*(torch.from_numpy(feeds[n]) for n in spec.input_names)).sample.numpy()

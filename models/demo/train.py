@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..configs import CLIP_TEXT_COMMON
 from .evaluation import load_evaluation_prompts
 from .scenes import caption, random_scene, render
 
@@ -125,8 +126,10 @@ def _train(folder: Path, stage: str, minutes: float, max_steps: int | None, batc
         modules = [text_encoder, unet]
         learning_rate = 5e-4
         noise_schedule = DDPMScheduler.from_pretrained(folder / "scheduler")
-        tokenizer = ClipTokenizer.from_folder(folder / "tokenizer", bos_id=49406, eos_id=49407, pad_id=49407,
-                                              max_length=77)
+        tokenizer = ClipTokenizer.from_folder(folder / "tokenizer", bos_id=CLIP_TEXT_COMMON["bos_token_id"],
+                                              eos_id=CLIP_TEXT_COMMON["eos_token_id"],
+                                              pad_id=CLIP_TEXT_COMMON["pad_token_id"],
+                                              max_length=CLIP_TEXT_COMMON["max_position_embeddings"])
         scaling = vae.config.scaling_factor
     parameters = [p for m in modules for p in m.parameters()]
     optimizer = torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=0.0)

@@ -35,8 +35,10 @@ class OpenVinoSession:
         self._dtypes = {t.name: t.dtype for t in component.spec.inputs}
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        result = self._request.infer(cast_feeds(feeds, self._dtypes))
-        return {name: np.array(result[self._compiled.output(name)]) for name in self.output_names}
+        # Inputs are read in place (the call is synchronous); outputs come back as fresh arrays
+        # (share_outputs=False), so the next call cannot overwrite what the caller holds.
+        result = self._request.infer(cast_feeds(feeds, self._dtypes), share_inputs=True, share_outputs=False)
+        return {name: result[self._compiled.output(name)] for name in self.output_names}
 
 
 def open_session(component: Component, options: SessionOptions) -> OpenVinoSession:
