@@ -78,14 +78,14 @@ _CONFIGS = {
 # CLIP text encoder with the real tokenizer. Its scaling_factor is replaced by the measured
 # latent spread when the VAE has been trained.
 _CONFIGS["demo"] = {
-    "text_encoder": {**CLIP_TEXT_COMMON, "hidden_size": 64, "intermediate_size": 256,
-                     "num_attention_heads": 4, "num_hidden_layers": 3, "projection_dim": 64},
+    "text_encoder": {**CLIP_TEXT_COMMON, "hidden_size": 32, "intermediate_size": 128,
+                     "num_attention_heads": 4, "num_hidden_layers": 4, "projection_dim": 32},
     "unet": {
         "sample_size": 16, "in_channels": 4, "out_channels": 4,
-        "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
-        "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
-        "block_out_channels": [64, 128], "layers_per_block": 1,
-        "cross_attention_dim": 64, "attention_head_dim": 8, "norm_num_groups": 32,
+        "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"],
+        "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"],
+        "block_out_channels": [64, 96], "layers_per_block": 1,
+        "cross_attention_dim": 32, "attention_head_dim": 8, "norm_num_groups": 32,
     },
     "vae": {
         "in_channels": 3, "out_channels": 3, "latent_channels": 4, "sample_size": 64,

@@ -16,7 +16,7 @@ import numpy as np
 from ..kernels.image import to_uint8, to_unit_range
 from ..kernels.sampler_step import guide
 from .artifact import Artifact, open_artifact
-from .backends import SessionOptions, backend_module
+from .backends import SessionOptions, backend_module, best_backend
 from .errors import ArtifactError, RequestError
 from .loop import run_plan
 from .noise import INITIAL_LATENTS_STREAM, gaussian_noise, step_noise_stream
@@ -259,13 +259,15 @@ def _round_to(value: int, multiple: int) -> int:
     return max(multiple, int(round(value / multiple)) * multiple)
 
 
-def load(artifact: str | os.PathLike, backend: str = "onnxruntime", device: str = "cpu", *, precision: str = "fp32",
+def load(artifact: str | os.PathLike, backend: str | None = None, device: str = "cpu", *, precision: str = "fp32",
          num_threads: int | None = None, verify_checksums: bool = True) -> StableDiffusionPipeline:
     """Open an sdrt artifact folder on a backend and return a text-to-image pipeline.
 
-    backend: "onnxruntime" or "openvino"; device: "cpu" (openvino also "gpu", "npu");
+    backend: "onnxruntime" or "openvino" (default: openvino where installed, else onnxruntime);
+    device: "cpu" (openvino also "gpu", "npu");
     precision: "fp32", or "bf16" on openvino (fast on CPUs with AMX or AVX512-BF16).
     """
     options = SessionOptions(device=device, precision=precision, num_threads=num_threads)
+    backend = best_backend() if backend is None else backend
     backend_module(backend)  # a missing package fails before the checksums are read
     return StableDiffusionPipeline(open_artifact(Path(artifact), verify_checksums=verify_checksums), backend, options)

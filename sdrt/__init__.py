@@ -5,6 +5,8 @@
     result = pipe("a castle on a hill", num_inference_steps=20, seed=42)
     result.images[0].save("castle.png")
 
+`sdrt.demo_artifact()` is the embedded demo model (64x64 coloured shapes), ready to load.
+
 The exporter (`sdrt.export_checkpoint`) needs the `export` extra (torch, diffusers); loading
 and generating need only numpy and one backend package.
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 from importlib import metadata
 
+from sdrt.models.demo import demo_artifact
 from sdrt.runtime.artifact import Artifact, open_artifact
 from sdrt.runtime.backends import available_backends
 from sdrt.runtime.errors import ArtifactError, BackendUnavailableError, RequestError, SdrtError
@@ -33,5 +36,6 @@ def export_checkpoint(source, output, **options):
 
 __all__ = [
     "Artifact", "ArtifactError", "BackendUnavailableError", "GenerationResult", "RequestError", "SAMPLERS",
-    "SdrtError", "StableDiffusionPipeline", "available_backends", "export_checkpoint", "load", "open_artifact",
+    "SdrtError", "StableDiffusionPipeline", "available_backends", "demo_artifact", "export_checkpoint", "load",
+    "open_artifact",
 ]

@@ -1,4 +1,4 @@
-"""The `sdrt` command: export, info, generate."""
+"""The `sdrt` command: export, info, generate, eval."""
 from __future__ import annotations
 
 import argparse
@@ -8,6 +8,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+from sdrt.models.demo import demo_artifact
+from sdrt.models.demo.evaluation import EVAL_GUIDANCE, EVAL_IMAGE_SEEDS, EVAL_STEPS, evaluate, load_evaluation_prompts
+from sdrt.models.demo.scenes import ATTRIBUTES
 from sdrt.runtime.backends import BACKENDS, PRECISIONS
 from sdrt.runtime.errors import SdrtError
 from sdrt.runtime.samplers import SAMPLERS
@@ -48,29 +51,61 @@ def _parser() -> argparse.ArgumentParser:
     generate = commands.add_parser("generate", help="generate images from a prompt",
                                    description="Text-to-image on an artifact folder.")
     generate.add_argument("prompt", help="what the image should show")
-    generate.add_argument("--artifact", required=True, help="the artifact folder (made by `sdrt export`)")
     generate.add_argument("--negative", default=None, help="what the image should not show (negative prompt)")
-    generate.add_argument("--backend", default="onnxruntime", choices=list(BACKENDS),
-                          help="inference engine (default: onnxruntime)")
-    generate.add_argument("--device", default="cpu", help="device for the backend: cpu (openvino also gpu, npu)")
-    generate.add_argument("--precision", default="fp32", choices=list(PRECISIONS),
-                          help="compute precision; bf16 is an openvino option, fast on CPUs with AMX or "
-                               "AVX512-BF16 (default fp32)")
-    generate.add_argument("--steps", type=int, default=20, help="denoising steps (default 20)")
-    generate.add_argument("--guidance", type=float, default=7.5,
-                          help="classifier-free guidance scale; <= 1 turns guidance off (default 7.5)")
+    _engine_arguments(generate)
     generate.add_argument("--seed", type=int, default=None,
                           help="seed of sdrt's portable noise generator; the same seed gives the same image on "
                                "every backend (default: random, printed)")
     generate.add_argument("--size", default=None,
                           help="WIDTHxHEIGHT in pixels, multiples of the model's size step (default: the model's)")
-    generate.add_argument("--scheduler", default=None, choices=list(SAMPLERS),
-                          help="sampler (default: the checkpoint's own scheduler)")
     generate.add_argument("-n", "--num-images", type=int, default=1, help="images to generate (default 1)")
-    generate.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
     generate.add_argument("-o", "--output", default="sdrt.png",
                           help="PNG file to write; with -n > 1, NAME-1.png, NAME-2.png, ... (default sdrt.png)")
+
+    evaluate = commands.add_parser(
+        "eval", help="score prompt fidelity on the demo model",
+        description="Generate the demo model's held-out evaluation prompts (100 prompts x seeds 1 and 2) and "
+                    "report the fraction of stated attributes (shape, colour, background, size, position) that "
+                    "the checker reads back from the images, per attribute. Works on any artifact exported from "
+                    "the demo model, on any backend and precision.")
+    _engine_arguments(evaluate)
+    evaluate.add_argument("--prompts", type=int, default=None,
+                          help="score only the first N evaluation prompts (default: all 100)")
+    evaluate.add_argument("--seeds", type=int, nargs="+", default=list(EVAL_IMAGE_SEEDS),
+                          help="seeds per prompt (default: 1 2)")
+    evaluate.add_argument("--json", action="store_true", help="print the scores as one JSON object")
     return parser
+
+
+def _engine_arguments(parser: argparse.ArgumentParser) -> None:
+    """The artifact, backend and sampling options `generate` and `eval` share."""
+    parser.add_argument("--artifact", default=None,
+                        help="the artifact folder (made by `sdrt export`; default: the embedded demo model)")
+    parser.add_argument("--backend", default=None, choices=list(BACKENDS),
+                        help="inference engine (default: openvino where installed, else onnxruntime)")
+    parser.add_argument("--device", default="cpu", help="device for the backend: cpu (openvino also gpu, npu)")
+    parser.add_argument("--precision", default="fp32", choices=list(PRECISIONS),
+                        help="compute precision; bf16 is an openvino option, fast on CPUs with AMX or "
+                             "AVX512-BF16 (default fp32)")
+    parser.add_argument("--steps", type=int, default=EVAL_STEPS, help=f"denoising steps (default {EVAL_STEPS})")
+    parser.add_argument("--guidance", type=float, default=EVAL_GUIDANCE,
+                        help=f"classifier-free guidance scale; <= 1 turns guidance off (default {EVAL_GUIDANCE})")
+    parser.add_argument("--scheduler", default=None, choices=list(SAMPLERS),
+                        help="sampler (default: the checkpoint's own scheduler)")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
+
+
+def _load(args):
+    import sdrt
+
+    artifact = args.artifact
+    if artifact is None:
+        try:
+            artifact = demo_artifact()
+        except FileNotFoundError as error:
+            raise CommandError(str(error)) from None
+    return sdrt.load(artifact, backend=args.backend, device=args.device, precision=args.precision,
+                     num_threads=args.threads)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -80,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
             return _export(args)
         if args.command == "info":
             return _info(args)
+        if args.command == "eval":
+            return _evaluate(args)
         return _generate(args)
     except (SdrtError, CommandError) as error:
         print(f"sdrt: error: {error}", file=sys.stderr)
@@ -174,8 +211,6 @@ def _parse_size(text: str) -> tuple[int, int]:
 
 
 def _generate(args) -> int:
-    import sdrt
-
     output = Path(args.output).expanduser()
     if not output.parent.is_dir():
         raise CommandError(f"The folder {output.parent} for the output image does not exist; create it or choose "
@@ -183,8 +218,7 @@ def _generate(args) -> int:
     if output.suffix.lower() != ".png":
         raise CommandError(f"--output must be a .png file, got {output.name}.")
     width, height = _parse_size(args.size) if args.size else (None, None)
-    pipe = sdrt.load(args.artifact, backend=args.backend, device=args.device, precision=args.precision,
-                     num_threads=args.threads)
+    pipe = _load(args)
     bar = _progress_bar(len(pipe.plan(args.steps, args.scheduler).steps), "step") if args.steps >= 1 else None
 
     def on_step(index: int, timestep: float, latents) -> None:
@@ -207,6 +241,41 @@ def _generate(args) -> int:
     print(f"wrote {', '.join(str(p) for p in paths)}  seed {result.seed}  sampler {result.plan.sampler}  "
           f"text {result.timings['text_encoder']:.2f}s  {len(steps)} steps {per_step:.3f}s/step  "
           f"vae {result.timings['vae_decoder']:.2f}s  total {result.timings['total']:.2f}s")
+    return 0
+
+
+def _evaluate(args) -> int:
+    prompts = load_evaluation_prompts()
+    if args.prompts is not None:
+        if not 1 <= args.prompts <= len(prompts):
+            raise CommandError(f"--prompts must be between 1 and {len(prompts)}, got {args.prompts}.")
+        prompts = prompts[:args.prompts]
+    pipe = _load(args)
+    bar = _progress_bar(len(prompts) * len(args.seeds), "image")
+
+    def progress(done: int, total: int) -> None:
+        if bar is not None:
+            bar.update(1)
+
+    try:
+        scores = evaluate(pipe, prompts, args.seeds, steps=args.steps, guidance=args.guidance,
+                          scheduler=args.scheduler, progress=progress)
+    finally:
+        if bar is not None:
+            bar.close()
+    scores.update(artifact=str(pipe.artifact.root), backend=pipe.backend, precision=args.precision,
+                  sampler=pipe.plan(args.steps, args.scheduler).sampler, steps=args.steps, guidance=args.guidance,
+                  seeds=list(args.seeds), prompts=len(prompts))
+    if args.json:
+        print(json.dumps(scores))
+        return 0
+    print(f"prompt fidelity  {pipe.artifact.root}  {pipe.backend} {args.precision}  {scores['sampler']} "
+          f"{args.steps} steps  guidance {args.guidance}  {len(prompts)} prompts x seeds "
+          f"{' '.join(str(s) for s in args.seeds)}")
+    for name in (*ATTRIBUTES, "overall"):
+        if name in scores:
+            print(f"  {name:11} {scores[name]:.3f}")
+    print(f"  {scores['images']} images, {scores['seconds_per_image']:.3f} s per image after load")
     return 0
 
 

@@ -54,3 +54,16 @@ def test_missing_backend_names_the_extra(tiny_artifact):
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == ("The openvino backend needs the openvino package, which is not installed: "
                                      "pip install 'sdrt[openvino]'.")
+
+
+def test_first_command_on_an_onnxruntime_only_box(tmp_path):
+    """The README's first command with no --artifact: the demo model, on the backend that is there."""
+    out = tmp_path / "out.png"
+    result = run_blocked(f"""
+        from sdrt.cli import main
+        assert main(["generate", "a red circle on a blue background", "-o", {str(out)!r}]) == 0
+        assert "openvino" not in sys.modules and "torch" not in sys.modules
+        print("ok")
+    """, "openvino")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().endswith("ok") and out.is_file()

@@ -18,6 +18,9 @@ def test_regular_install_has_every_subpackage_and_data(tmp_path):
          "assert len(clip_vocab()) == 49408; assert manifest_schema()['title'];"
          "from sdrt.models.demo.evaluation import load_evaluation_prompts;"
          "assert len(load_evaluation_prompts()) == 100;"
+         "sdrt.open_artifact(sdrt.demo_artifact());"
+         "from sdrt.models.demo import demo_checkpoint;"
+         "assert (demo_checkpoint() / 'unet' / 'diffusion_pytorch_model.safetensors').is_file();"
          "print(sdrt.__file__)"],
         capture_output=True, text=True, cwd=tmp_path, env={"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin"})
     assert check.returncode == 0, check.stderr

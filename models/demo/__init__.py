@@ -1,5 +1,31 @@
-"""The embedded demo model's world: captioned coloured shapes, and a checker that reads them back.
+"""The embedded demo model: captioned coloured shapes, the checker that reads them back, and
+the trained weights shipped as a diffusers folder (`checkpoint/`) and an sdrt artifact
+(`artifact/`).
 
 Everything here is numpy only: the data generator feeds the training recipe, and the checker
 is the end-to-end quality oracle (prompt fidelity) for every backend and precision.
 """
+from __future__ import annotations
+
+from pathlib import Path
+
+CHECKPOINT = Path(__file__).parent / "checkpoint"
+ARTIFACT = Path(__file__).parent / "artifact"
+
+
+def demo_artifact() -> Path:
+    """The folder of the shipped demo artifact (what `sdrt generate` uses without --artifact)."""
+    if not (ARTIFACT / "sdrt.json").is_file():
+        raise FileNotFoundError(
+            f"The demo artifact is missing from {ARTIFACT}; reinstall sdrt, or rebuild it with "
+            "`python -m sdrt.models.demo.publish TRAINED_FOLDER` (see models/README.md).")
+    return ARTIFACT
+
+
+def demo_checkpoint() -> Path:
+    """The folder of the shipped demo model in the diffusers layout (fp16 safetensors)."""
+    if not (CHECKPOINT / "model_index.json").is_file():
+        raise FileNotFoundError(
+            f"The demo checkpoint is missing from {CHECKPOINT}; reinstall sdrt, or rebuild it with "
+            "`python -m sdrt.models.demo.publish TRAINED_FOLDER` (see models/README.md).")
+    return CHECKPOINT

@@ -1,14 +1,19 @@
 """The demo model's training recipe: the VAE first, then the UNet and text encoder together.
 
     python -m sdrt.models.demo.train CHECKPOINT --stage vae --minutes 15
-    python -m sdrt.models.demo.train CHECKPOINT --stage unet --minutes 90
+    python -m sdrt.models.demo.train CHECKPOINT --stage unet --minutes 60
 
 CHECKPOINT is a diffusers folder (created with random weights from models.configs "demo" on
 the first run). Each stage is resumable: it saves weights, optimizer and data-generator state
-to CHECKPOINT/training/ every `save_every` seconds and continues from there when run again;
-losses go to CHECKPOINT/training/<stage>_loss.csv. Seeds are fixed, data comes from
-scenes.py, and evaluation prompts never appear as captions. Train one stage at a time: two
-torch jobs on two cores slow each other about 5x.
+to CHECKPOINT/training/ every `save_every` seconds and continues from there when run again
+(`--minutes` is the stage's total time); losses go to CHECKPOINT/training/<stage>_loss.csv.
+Seeds are fixed, data comes from scenes.py, and evaluation prompts never appear as captions.
+The VAE learns a mean-squared-error reconstruction. The UNet stage first encodes a pool of
+scenes with the trained VAE, then trains on their posterior means with fresh captions and
+multi-resolution noise (see `multiresolution_noise`), and keeps an exponential moving average
+of the UNet and text encoder weights, which is what it saves to the folder. Train one stage
+at a time: two torch jobs on two cores slow each other about 5x.
+`python -m sdrt.models.demo.publish CHECKPOINT` then writes the shipped folder and artifact.
 """
 from __future__ import annotations
 
@@ -17,16 +22,24 @@ import csv
 import json
 import time
 from collections.abc import Iterator
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
 from ..configs import CLIP_TEXT_COMMON
 from .evaluation import load_evaluation_prompts
-from .scenes import caption, random_scene, render
+from .scenes import Scene, caption, random_scene, render
 
 IMAGE_SIDE = 64
 STAGES = ("vae", "unet")
+EMA_DECAY = 0.999  # of the UNet and text encoder weights that sampling uses
+# The UNet stage draws its latents from a pool of scenes encoded once by the trained VAE (a
+# fresh sample of each one's posterior every time, and a fresh caption): encoding every batch
+# would halve the stage's throughput on two cores.
+POOL_SIZE = 40_000
+POOL_SEED = 3
+MULTIRES_DISCOUNT = 0.6  # weight of each coarser octave of the training noise (see multiresolution_noise)
 
 
 def scene_batches(rng: np.random.Generator, batch: int, held_out: set[str]) -> Iterator[tuple[np.ndarray, list[str]]]:
@@ -42,6 +55,21 @@ def scene_batches(rng: np.random.Generator, batch: int, held_out: set[str]) -> I
             captions.append(text)
         array = np.stack(images).astype(np.float32).transpose(0, 3, 1, 2) / 127.5 - 1.0
         yield array, captions
+
+
+def pool_batches(pool: dict, rng: np.random.Generator, batch: int,
+                 held_out: set[str]) -> Iterator[tuple[np.ndarray, list[str]]]:
+    """Endless (latents, captions) batches drawn from the latent pool: posterior means, fresh captions."""
+    scenes = pool["scenes"]
+    while True:
+        picks = rng.integers(len(scenes), size=batch)
+        captions = []
+        for index in picks:
+            text = caption(scenes[index], rng)
+            while text in held_out:
+                text = caption(scenes[index], rng)
+            captions.append(text)
+        yield pool["mean"][picks], captions
 
 
 def prepare_checkpoint(folder: Path) -> None:
@@ -88,18 +116,18 @@ class _Run:
 
 
 def train(folder: Path, stage: str, *, minutes: float, max_steps: int | None = None, batch: int | None = None,
-          save_every: float = 120.0, progress: bool = True) -> dict:
+          pool_size: int | None = None, save_every: float = 120.0, progress: bool = True) -> dict:
     """Train `stage` of the demo pipeline in `folder` for `minutes` (or `max_steps` more steps)."""
     import torch
 
     if stage not in STAGES:
         raise ValueError(f"Unknown stage {stage!r}; choose one of: {', '.join(STAGES)}.")
     with torch.random.fork_rng(devices=[]):  # fixed seeds without touching the caller's generator
-        return _train(Path(folder), stage, minutes, max_steps, batch, save_every, progress)
+        return _train(Path(folder), stage, minutes, max_steps, batch, pool_size, save_every, progress)
 
 
-def _train(folder: Path, stage: str, minutes: float, max_steps: int | None, batch: int | None, save_every: float,
-           progress: bool) -> dict:
+def _train(folder: Path, stage: str, minutes: float, max_steps: int | None, batch: int | None,
+           pool_size: int | None, save_every: float, progress: bool) -> dict:
     import torch
     import torch.nn.functional as F
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
@@ -112,18 +140,24 @@ def _train(folder: Path, stage: str, minutes: float, max_steps: int | None, batc
     torch.manual_seed(run.step + 1000 * STAGES.index(stage))
     held_out = {p["prompt"] for p in load_evaluation_prompts()}
     batch = batch or (32 if stage == "vae" else 128)
-    data = scene_batches(run.rng, batch, held_out)
 
     vae = AutoencoderKL.from_pretrained(folder / "vae")
     modules: list[torch.nn.Module]
+    averages: list[torch.nn.Module] = []
     if stage == "vae":
         modules = [vae]
         learning_rate = 1e-3
     else:
         vae.requires_grad_(False).eval()
-        text_encoder = CLIPTextModel.from_pretrained(folder / "text_encoder")
-        unet = UNet2DConditionModel.from_pretrained(folder / "unet")
+        # The folder holds the exponential moving average of the weights (what sampling uses);
+        # the raw weights the optimizer steps live in training/ until the stage is resumed.
+        raw = run.dir / "unet_raw"
+        source = raw if (raw / "unet").is_dir() else folder
+        text_encoder = CLIPTextModel.from_pretrained(source / "text_encoder")
+        unet = UNet2DConditionModel.from_pretrained(source / "unet")
         modules = [text_encoder, unet]
+        averages = [CLIPTextModel.from_pretrained(folder / "text_encoder").requires_grad_(False),
+                    UNet2DConditionModel.from_pretrained(folder / "unet").requires_grad_(False)]
         learning_rate = 5e-4
         noise_schedule = DDPMScheduler.from_pretrained(folder / "scheduler")
         tokenizer = ClipTokenizer.from_folder(folder / "tokenizer", bos_id=CLIP_TEXT_COMMON["bos_token_id"],
@@ -146,19 +180,24 @@ def _train(folder: Path, stage: str, minutes: float, max_steps: int | None, batc
         bar = tqdm(total=int(minutes * 60), initial=int(min(run.elapsed, minutes * 60)), unit="s",
                    desc=f"training {stage}")
     steps_this_run = 0
-    started = time.perf_counter() - run.elapsed
+    started = time.perf_counter() - run.elapsed  # the stage's time includes building the pool
+    if stage == "vae":
+        data = scene_batches(run.rng, batch, held_out)
+    else:
+        pool = _latent_pool(run.dir / "latent_pool.npz", vae, pool_size or POOL_SIZE, bar)
+        data = pool_batches(pool, run.rng, batch, held_out)
     last_save = time.perf_counter()
     while time.perf_counter() - started < minutes * 60 and (max_steps is None or steps_this_run < max_steps):
-        images, captions = next(data)
-        pixels = torch.from_numpy(images)
         if stage == "vae":
+            images, captions = next(data)
+            pixels = torch.from_numpy(images)
             posterior = vae.encode(pixels).latent_dist
             reconstruction = vae.decode(posterior.sample()).sample
             loss = F.mse_loss(reconstruction, pixels) + 1e-6 * posterior.kl().mean()
         else:
-            with torch.no_grad():
-                latents = vae.encode(pixels).latent_dist.sample() * scaling
-            noise = torch.randn_like(latents)
+            latents, captions = next(data)
+            latents = torch.from_numpy(latents) * scaling
+            noise = multiresolution_noise(latents.shape)
             timesteps = torch.randint(0, noise_schedule.config.num_train_timesteps, (latents.shape[0],))
             noisy = noise_schedule.add_noise(latents, noise, timesteps)
             ids = torch.from_numpy(tokenizer(captions))
@@ -168,6 +207,8 @@ def _train(folder: Path, stage: str, minutes: float, max_steps: int | None, batc
         loss.backward()
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)
         optimizer.step()
+        if averages:
+            _update_average(averages, modules, decay=min(EMA_DECAY, (1 + run.step) / (10 + run.step)))
         run.record(loss.item())
         steps_this_run += 1
         run.elapsed = time.perf_counter() - started
@@ -175,31 +216,99 @@ def _train(folder: Path, stage: str, minutes: float, max_steps: int | None, batc
             bar.n = int(min(run.elapsed, minutes * 60))
             bar.set_postfix(step=run.step, loss=f"{loss.item():.4f}")
         if time.perf_counter() - last_save > save_every:
-            _save(folder, stage, modules, optimizer, optimizer_path, run)
+            _save(folder, stage, modules, averages, optimizer, optimizer_path, run)
             last_save = time.perf_counter()
     if stage == "vae":
         vae.register_to_config(scaling_factor=_latent_scaling(vae, scene_batches(np.random.default_rng(7), 64, set())))
-    _save(folder, stage, modules, optimizer, optimizer_path, run)
+    _save(folder, stage, modules, averages, optimizer, optimizer_path, run)
     if bar is not None:
         bar.close()
     return {"stage": stage, "step": run.step, "elapsed_s": run.elapsed, "steps_this_run": steps_this_run}
 
 
+def multiresolution_noise(shape, discount: float = MULTIRES_DISCOUNT):
+    """Unit-variance Gaussian noise with extra power at coarse scales (white noise plus upsampled
+    noise at 1/2, 1/4, ... of the side, weighted discount**level).
+
+    With 16x16 latents and solid backgrounds, white noise leaves the background colour and the
+    shape's place readable from the noisy latents even at the last timestep, so the UNet learns
+    to copy them from the noise instead of reading them from the caption, and at sampling time
+    takes them from the random starting noise. Coarse noise hides them (the offset-noise idea,
+    at every scale). Sampling still starts from plain white noise.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    batch, channels, height, width = shape
+    noise = torch.randn(shape)
+    total, level, side = 1.0, 1, min(height, width)
+    while side > 1:
+        side //= 2
+        weight = discount ** level
+        coarse = torch.randn(batch, channels, max(1, height >> level), max(1, width >> level))
+        noise += weight * F.interpolate(coarse, size=(height, width), mode="nearest")
+        total += weight * weight
+        level += 1
+    return noise / total ** 0.5
+
+
+def _latent_pool(path: Path, vae, size: int, bar) -> dict:
+    """Scenes and their VAE posterior means, built once per stage and kept in training/."""
+    import torch
+
+    if not path.is_file():
+        rng = np.random.default_rng(POOL_SEED)
+        scenes, means = [], []
+        if bar is not None:
+            bar.set_description("encoding the latent pool")
+        with torch.no_grad():
+            while len(scenes) < size:
+                chunk = [random_scene(rng) for _ in range(min(128, size - len(scenes)))]
+                images = np.stack([render(scene, IMAGE_SIDE, rng) for scene in chunk])
+                pixels = torch.from_numpy(images.astype(np.float32).transpose(0, 3, 1, 2) / 127.5 - 1.0)
+                scenes.extend(chunk)
+                means.append(vae.encode(pixels).latent_dist.mean.numpy())
+                if bar is not None:
+                    bar.set_postfix(scenes=len(scenes))
+        temporary = path.with_name(path.stem + ".tmp.npz")
+        np.savez(temporary, mean=np.concatenate(means),
+                 scenes=np.array(json.dumps([asdict(scene) for scene in scenes])))
+        temporary.replace(path)
+        if bar is not None:
+            bar.set_description("training unet")
+    with np.load(path) as stored:
+        scenes = [Scene(**{k: tuple(v) if isinstance(v, list) else v for k, v in entry.items()})
+                  for entry in json.loads(str(stored["scenes"]))]
+        return {"mean": stored["mean"], "scenes": scenes}
+
+
 def _latent_scaling(vae, data) -> float:
-    """1 / standard deviation of the VAE's latents, as Stable Diffusion's 0.18215 was chosen."""
+    """1 / standard deviation of the VAE's latents (posterior means, what the UNet learns), as
+    Stable Diffusion's 0.18215 was chosen."""
     import torch
 
     with torch.no_grad():
-        latents = torch.cat([vae.encode(torch.from_numpy(next(data)[0])).latent_dist.sample() for _ in range(4)])
+        latents = torch.cat([vae.encode(torch.from_numpy(next(data)[0])).latent_dist.mean for _ in range(4)])
     return float(1.0 / latents.std())
 
 
-def _save(folder: Path, stage: str, modules, optimizer, optimizer_path: Path, run: _Run) -> None:
+def _update_average(averages, modules, decay: float) -> None:
+    import torch
+
+    with torch.no_grad():
+        for average, module in zip(averages, modules):
+            for kept, current in zip(average.parameters(), module.parameters()):
+                kept.lerp_(current, 1.0 - decay)
+
+
+def _save(folder: Path, stage: str, modules, averages, optimizer, optimizer_path: Path, run: _Run) -> None:
     import torch
 
     names = ["vae"] if stage == "vae" else ["text_encoder", "unet"]
     for name, module in zip(names, modules):
-        module.save_pretrained(folder / name)
+        module.save_pretrained((run.dir / "unet_raw" if averages else folder) / name)
+    for name, average in zip(names, averages):
+        average.save_pretrained(folder / name)
     torch.save(optimizer.state_dict(), optimizer_path)
     run.save()
 
