@@ -107,6 +107,7 @@ def export_component(spec: ComponentSpec, module, feeds: dict[str, np.ndarray], 
                 module, args, input_names=spec.input_names, output_names=spec.output_names,
                 dynamic_shapes=_dynamic_shapes(spec), opset_version=OPSET, dynamo=True, verbose=False,
             )
+            _drop_build_metadata(program.model)
             program.save(str(path), external_data=weight_bytes > EXTERNAL_DATA_THRESHOLD)
             del program
             reference = module(*args) if verify else None
@@ -118,6 +119,20 @@ def export_component(spec: ComponentSpec, module, feeds: dict[str, np.ndarray], 
         reference = reference if isinstance(reference, tuple) else (reference,)
         max_diff = _max_abs_diff(path, feeds, [r.numpy() for r in reference])
     return ExportedComponent(spec, files, parameters, max_diff)
+
+
+def _drop_build_metadata(model) -> None:
+    """Remove what describes the exporting machine rather than the model: torch.export's range
+    constraints (printed from a set, in an order that changes between runs) and each node's
+    Python stack trace (file paths of this installation). The same weights then export to the
+    same bytes anywhere."""
+    graph_metadata = model.graph.metadata_props
+    for key in [k for k in graph_metadata if k.startswith("pkg.torch.export.")]:
+        del graph_metadata[key]
+    graphs = [model.graph, *model.functions.values()]
+    for graph in graphs:
+        for node in graph.all_nodes():
+            node.metadata_props.pop("pkg.torch.onnx.stack_trace", None)
 
 
 def _max_abs_diff(path: Path, feeds: dict[str, np.ndarray], expected: list[np.ndarray]) -> float:

@@ -49,7 +49,8 @@ def _parser() -> argparse.ArgumentParser:
     info.add_argument("--json", action="store_true", help="print the manifest as JSON instead of a summary")
 
     generate = commands.add_parser("generate", help="generate images from a prompt",
-                                   description="Text-to-image on an artifact folder.")
+                                   description="Text-to-image on an artifact folder, or on the embedded demo "
+                                               "model (64x64 coloured shapes) without --artifact.")
     generate.add_argument("prompt", help="what the image should show")
     generate.add_argument("--negative", default=None, help="what the image should not show (negative prompt)")
     _engine_arguments(generate)
@@ -238,9 +239,10 @@ def _generate(args) -> int:
         _save_png(image, path)
     steps = result.timings["steps"]
     per_step = sum(steps) / len(steps)
-    print(f"wrote {', '.join(str(p) for p in paths)}  seed {result.seed}  sampler {result.plan.sampler}  "
-          f"text {result.timings['text_encoder']:.2f}s  {len(steps)} steps {per_step:.3f}s/step  "
-          f"vae {result.timings['vae_decoder']:.2f}s  total {result.timings['total']:.2f}s")
+    print(f"wrote {', '.join(str(p) for p in paths)}  {pipe.backend}  seed {result.seed}  "
+          f"sampler {result.plan.sampler}  text {result.timings['text_encoder']:.2f}s  "
+          f"{len(steps)} steps {per_step:.3f}s/step  vae {result.timings['vae_decoder']:.2f}s  "
+          f"total {result.timings['total']:.2f}s")
     return 0
 
 

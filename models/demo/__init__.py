@@ -15,17 +15,17 @@ ARTIFACT = Path(__file__).parent / "artifact"
 
 def demo_artifact() -> Path:
     """The folder of the shipped demo artifact (what `sdrt generate` uses without --artifact)."""
-    if not (ARTIFACT / "sdrt.json").is_file():
-        raise FileNotFoundError(
-            f"The demo artifact is missing from {ARTIFACT}; reinstall sdrt, or rebuild it with "
-            "`python -m sdrt.models.demo.publish TRAINED_FOLDER` (see models/README.md).")
-    return ARTIFACT
+    return _shipped(ARTIFACT / "sdrt.json")
 
 
 def demo_checkpoint() -> Path:
     """The folder of the shipped demo model in the diffusers layout (fp16 safetensors)."""
-    if not (CHECKPOINT / "model_index.json").is_file():
+    return _shipped(CHECKPOINT / "model_index.json")
+
+
+def _shipped(marker: Path) -> Path:
+    if not marker.is_file():
         raise FileNotFoundError(
-            f"The demo checkpoint is missing from {CHECKPOINT}; reinstall sdrt, or rebuild it with "
+            f"The demo model is missing from {marker.parent}; reinstall sdrt, or rebuild it with "
             "`python -m sdrt.models.demo.publish TRAINED_FOLDER` (see models/README.md).")
-    return CHECKPOINT
+    return marker.parent

@@ -65,6 +65,7 @@ def _write_half_precision_folder(trained: Path, target: Path) -> None:
         for key in ("torch_dtype", "dtype"):
             if key in config:
                 config[key] = "float16"
+        config.pop("_name_or_path", None)  # where it was trained, not part of the model
         (target / name / "config.json").write_text(json.dumps(config, indent=2))
         tensors = {k: v.to(torch.float16) if v.is_floating_point() else v
                    for k, v in load_file(trained / name / weights).items()}
