@@ -26,6 +26,23 @@ def build_random_pipeline(config_name: str, folder: Path, seed: int = 0) -> Path
         unet = UNet2DConditionModel(**config["unet"])
         vae = AutoencoderKL(**config["vae"])
     text_encoder.save_pretrained(folder / "text_encoder")
+    _prefix_text_encoder_file(folder / "text_encoder" / "model.safetensors")
     unet.save_pretrained(folder / "unet")
     vae.save_pretrained(folder / "vae")
     return folder
+
+
+def standard_text_encoder_keys(tensors: dict) -> dict:
+    """CLIPTextModel weights under the key names real checkpoints use ("text_model.*").
+
+    transformers 5 saves a CLIPTextModel built from a config without the "text_model." prefix;
+    transformers 4.x (what diffusers-based tools such as optimum pin) then loads none of those
+    weights and silently starts from random ones. transformers 5 reads both layouts.
+    """
+    return {key if key.startswith("text_model.") else f"text_model.{key}": value for key, value in tensors.items()}
+
+
+def _prefix_text_encoder_file(path: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    save_file(standard_text_encoder_keys(load_file(path)), path, metadata={"format": "pt"})

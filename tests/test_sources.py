@@ -68,3 +68,19 @@ def test_single_file_with_an_unknown_config_name(tmp_path):
     single.write_bytes(b"")
     with pytest.raises(ExportError, match="Unknown model config 'sdxxl'"):
         resolve_checkpoint(str(single), work_dir=tmp_path, single_file_config="sdxxl")
+
+
+def test_random_checkpoints_name_clip_weights_like_real_ones(tiny_checkpoint):
+    """transformers 4.x loads a text encoder only from text_model.* keys (real checkpoints'
+    layout), and the peers `sdrt bench` compares against run on it; transformers 5 reads both."""
+    from safetensors import safe_open
+    from transformers import CLIPTextModel
+
+    with safe_open(tiny_checkpoint / "text_encoder" / "model.safetensors", framework="numpy") as weights:
+        keys = list(weights.keys())
+    assert keys and all(key.startswith("text_model.") for key in keys)
+    model = CLIPTextModel.from_pretrained(tiny_checkpoint / "text_encoder")
+    with safe_open(tiny_checkpoint / "text_encoder" / "model.safetensors", framework="pt") as weights:
+        stored = weights.get_tensor("text_model.final_layer_norm.weight")
+    loaded = model.state_dict()  # transformers 5 names them without the prefix, 4.x with it
+    assert (loaded.get("final_layer_norm.weight", loaded.get("text_model.final_layer_norm.weight")) == stored).all()
