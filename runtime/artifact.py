@@ -49,6 +49,9 @@ class Artifact:
                 return self.component(name)
         raise ArtifactError(f"The artifact at {self.root} has no {role} component.")
 
+    def has_role(self, role: str) -> bool:
+        return any(entry["role"] == role for entry in self.manifest["components"].values())
+
     def tokenizer_entry(self, component: str) -> dict:
         for entry in self.manifest["tokenizers"]:
             if entry["for_component"] == component:

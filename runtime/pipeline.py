@@ -102,6 +102,12 @@ class StableDiffusionPipeline:
                                 "text-to-image needs a standard UNet.")
 
     @property
+    def sessions(self) -> dict:
+        """The open backend sessions by component role, for callers that time or drive the
+        networks themselves (`sdrt bench`)."""
+        return {"text_encoder": self._text_encoder, "denoiser": self._unet, "vae_decoder": self._vae_decoder}
+
+    @property
     def default_sampler(self) -> str:
         config = self.artifact.pipeline["scheduler"]
         sampler = _SAMPLER_OF_CLASS.get(config.get("_class_name"), "pndm")

@@ -1,4 +1,4 @@
-"""The `sdrt` command: export, info, generate, eval."""
+"""The `sdrt` command: export, info, generate, eval, bench."""
 from __future__ import annotations
 
 import argparse
@@ -8,6 +8,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from sdrt.benchmarks import command as bench_command
 from sdrt.models.demo import demo_artifact
 from sdrt.models.demo.evaluation import EVAL_GUIDANCE, EVAL_IMAGE_SEEDS, EVAL_STEPS, evaluate, load_evaluation_prompts
 from sdrt.models.demo.scenes import ATTRIBUTES
@@ -75,6 +76,8 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--seeds", type=int, nargs="+", default=list(EVAL_IMAGE_SEEDS),
                           help="seeds per prompt (default: 1 2)")
     evaluate.add_argument("--json", action="store_true", help="print the scores as one JSON object")
+
+    bench_command.add_parser(commands)
     return parser
 
 
@@ -110,8 +113,11 @@ def _load(args):
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = _parser().parse_args(argv)
     try:
+        if args.command == "bench":
+            return bench_command.run(args, argv[argv.index("bench") + 1:])
         if args.command == "export":
             return _export(args)
         if args.command == "info":

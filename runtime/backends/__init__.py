@@ -1,6 +1,7 @@
 """Backends: one file per inference engine, found by name and imported lazily.
 
-A backend module defines `open_session(component, options) -> Session`. Adding a backend
+A backend module defines `open_session(component, options) -> Session` and PRECISIONS, the
+compute precisions it offers. Adding a backend
 means adding one file here and its name to BACKENDS.
 """
 from __future__ import annotations

@@ -9,6 +9,7 @@ from ..errors import BackendUnavailableError, RequestError
 from . import SessionOptions, cast_feeds
 
 PROVIDERS = {"cpu": "CPUExecutionProvider"}
+PRECISIONS = ("fp32",)
 
 
 class OnnxRuntimeSession:
@@ -16,7 +17,7 @@ class OnnxRuntimeSession:
         if options.device not in PROVIDERS:
             raise RequestError(
                 f"The onnxruntime backend runs on: {', '.join(PROVIDERS)}; got device {options.device!r}.")
-        if options.precision != "fp32":
+        if options.precision not in PRECISIONS:
             raise RequestError(f"The onnxruntime backend runs the fp32 artifact as exported; precision "
                                f"{options.precision!r} is an openvino option (use backend='openvino').")
         provider = PROVIDERS[options.device]

@@ -14,6 +14,7 @@ from . import SessionOptions, cast_feeds
 
 DEVICES = {"cpu": "CPU", "gpu": "GPU", "npu": "NPU"}
 PRECISION_HINTS = {"fp32": "f32", "bf16": "bf16"}
+PRECISIONS = tuple(PRECISION_HINTS)
 
 
 class OpenVinoSession:

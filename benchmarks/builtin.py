@@ -1,0 +1,63 @@
+"""Built-in benchmark models: random weights at a named family's real sizes, built and exported
+once into a cache folder, so that anyone can benchmark without downloading weights (latency
+does not depend on weight values). `demo` is the shipped demo model and needs no building."""
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from .harness import BenchmarkError
+
+BUILTIN_MODELS = ("sd15", "tiny", "demo")
+
+
+@dataclass(frozen=True)
+class BenchModel:
+    name: str
+    checkpoint: Path  # the diffusers folder (what the peers load)
+    artifact: Path  # the sdrt artifact exported from it
+
+
+def default_cache() -> Path:
+    """$SDRT_CACHE, else $XDG_CACHE_HOME/sdrt, else ~/.cache/sdrt."""
+    if os.environ.get("SDRT_CACHE"):
+        return Path(os.environ["SDRT_CACHE"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base).expanduser() / "sdrt"
+
+
+def builtin_model(name: str, cache: Path, progress=None) -> BenchModel:
+    """The named model, built (random weights, seed 0) and exported into `cache`/bench/<name>
+    the first time; later calls reuse the folders."""
+    if name not in BUILTIN_MODELS:
+        raise BenchmarkError(f"Unknown built-in model {name!r}; choose one of: {', '.join(BUILTIN_MODELS)}, "
+                             "or pass --artifact.")
+    if name == "demo":
+        from ..models.demo import demo_artifact, demo_checkpoint
+
+        return BenchModel("demo", Path(demo_checkpoint()), Path(demo_artifact()))
+    root = Path(cache) / "bench" / name
+    checkpoint, artifact = root / "checkpoint", root / "artifact"
+    if (checkpoint / "model_index.json").is_file() and (artifact / "sdrt.json").is_file():
+        return BenchModel(name, checkpoint, artifact)
+    try:
+        from ..export.exporter import export_checkpoint
+        from ..export.random_model import build_random_pipeline
+    except ImportError as error:
+        raise BenchmarkError(f"Building the {name} benchmark model needs the export extra once "
+                             f"(pip install 'sdrt[export]'); it is then cached in {root}.") from error
+    root.mkdir(parents=True, exist_ok=True)
+    if not (checkpoint / "model_index.json").is_file():
+        staging = root / f".checkpoint.partial-{uuid.uuid4().hex[:8]}"
+        try:
+            build_random_pipeline(name, staging, seed=0)
+            if checkpoint.exists():
+                shutil.rmtree(checkpoint)
+            staging.rename(checkpoint)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    export_checkpoint(checkpoint, artifact, overwrite=True, progress=progress)
+    return BenchModel(name, checkpoint, artifact)

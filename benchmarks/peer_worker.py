@@ -1,0 +1,215 @@
+"""A benchmark worker that runs one peer pipeline: diffusers (PyTorch), optimum-intel
+(OpenVINO) or optimum's ONNX Runtime pipeline, on the diffusers folder sdrt's artifact was
+exported from.
+
+    python peer_worker.py '{"peer": ..., "checkpoint": ..., "precision": ..., "latents": ..., ...}'
+
+Runs as a script in the peer environment, where sdrt's own dependencies may be missing: it
+imports only the standard library, numpy, torch, the peer's package and protocol.py (loaded
+from its file). Every peer gets the same prompt, size, steps, sampler and initial latents.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+
+
+
+def _sibling(name: str):
+    """benchmarks/<name>.py, loaded from its file (this script runs outside the sdrt package)."""
+    spec = importlib.util.spec_from_file_location(f"sdrt_bench_{name}", Path(__file__).with_name(f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+protocol = _sibling("protocol")  # first: its import time is the worker's start
+memory = _sibling("memory")
+
+# sdrt sampler -> the diffusers scheduler class (and config overrides) it reproduces
+SCHEDULERS = {
+    "ddim": ("DDIMScheduler", {}),
+    "pndm": ("PNDMScheduler", {}),
+    "euler": ("EulerDiscreteScheduler", {}),
+    "euler_a": ("EulerAncestralDiscreteScheduler", {}),
+    "dpmpp_2m": ("DPMSolverMultistepScheduler", {"use_karras_sigmas": False}),
+    "dpmpp_2m_karras": ("DPMSolverMultistepScheduler", {"use_karras_sigmas": True}),
+    "lcm": ("LCMScheduler", {}),
+}
+
+
+def load_diffusers(spec: dict, settings: dict):
+    import diffusers
+    import torch
+
+    dtype = torch.float32 if spec["precision"] == "fp32" else torch.bfloat16
+    pipe = diffusers.StableDiffusionPipeline.from_pretrained(spec["checkpoint"], torch_dtype=dtype,
+                                                             safety_checker=None, requires_safety_checker=False)
+    return pipe, {}, {"total": _size(spec["checkpoint"])}
+
+
+def load_optimum_intel(spec: dict, settings: dict):
+    from optimum.intel import OVStableDiffusionPipeline
+
+    converted = _converted(spec, "openvino", lambda: OVStableDiffusionPipeline.from_pretrained(
+        spec["checkpoint"], export=True, compile=False))
+    # Its fastest configuration: static shapes for the request, compiled once. fp32 must be
+    # asked for: OpenVINO runs bf16 by default on CPUs that have it.
+    config = {"INFERENCE_PRECISION_HINT": "f32" if spec["precision"] == "fp32" else "bf16"}
+    if spec.get("threads"):
+        config["INFERENCE_NUM_THREADS"] = str(spec["threads"])
+    pipe = OVStableDiffusionPipeline.from_pretrained(converted, compile=False, ov_config=config)
+    pipe.reshape(batch_size=1, height=settings["height"], width=settings["width"], num_images_per_prompt=1)
+    pipe.compile()
+    skipped = {"unet_batch1_s": "its UNet is compiled for batch 2 (guidance) only"}
+    return pipe, skipped, {"total": _size(converted)}
+
+
+def load_optimum_onnx(spec: dict, settings: dict):
+    import onnxruntime
+    from optimum.onnxruntime import ORTStableDiffusionPipeline
+
+    converted = _converted(spec, "onnx", lambda: ORTStableDiffusionPipeline.from_pretrained(
+        spec["checkpoint"], export=True))
+    options = onnxruntime.SessionOptions()
+    if spec.get("threads"):
+        options.intra_op_num_threads = spec["threads"]
+    pipe = ORTStableDiffusionPipeline.from_pretrained(converted, provider="CPUExecutionProvider",
+                                                      session_options=options)
+    return pipe, {}, {"total": _size(converted)}
+
+
+LOADERS = {"diffusers": load_diffusers, "optimum-intel": load_optimum_intel, "optimum-onnx": load_optimum_onnx}
+
+
+def _converted(spec: dict, kind: str, convert) -> Path:
+    """The peer's own conversion of the checkpoint, made once (not part of any timing)."""
+    folder = Path(spec["work"]) / kind
+    if not (folder / "model_index.json").is_file():
+        partial = folder.with_name(folder.name + ".partial")
+        convert().save_pretrained(partial)
+        partial.rename(folder)
+    return folder
+
+
+def _size(folder: Path) -> int:
+    return sum(entry.stat().st_size for entry in Path(folder).rglob("*") if entry.is_file())
+
+
+class PeerEngine:
+    def __init__(self, spec: dict):
+        import torch
+
+        self.spec, self.settings = spec, spec["settings"]
+        if spec.get("threads"):
+            torch.set_num_threads(spec["threads"])
+        self.memory = memory.PeakPoller(memory.process_rss()).__enter__()
+        self.pipe = None
+        self.skipped: dict[str, str] = {}
+
+    def handlers(self) -> dict:
+        return {"load": self.load, "image": self.image, "components": self.components}
+
+    def load(self) -> dict:
+        import diffusers
+
+        self.memory.take()
+        started = time.perf_counter()
+        self.pipe, self.skipped, sizes = LOADERS[self.spec["peer"]](self.spec, self.settings)
+        name, overrides = SCHEDULERS[self.settings["sampler"]]
+        self.pipe.scheduler = getattr(diffusers, name).from_config({**self.pipe.scheduler.config, **overrides})
+        return {"load_s": time.perf_counter() - started, "peak_rss_bytes": self.memory.take(), "sizes": sizes}
+
+    def image(self, save: str | None = None) -> dict:
+        import numpy as np
+        import torch
+
+        settings, pipe = self.settings, self.pipe
+        latents = torch.from_numpy(np.load(self.spec["latents"]))
+        if self.spec["peer"] == "diffusers":
+            latents = latents.to(pipe.unet.dtype)
+        spent = {"text_encoder": 0.0, "vae_decoder": 0.0}
+        originals = {"text_encoder": pipe.encode_prompt, "vae_decoder": pipe.vae.decode}
+
+        def timed(part):
+            def call(*args, **kwargs):
+                tick = time.perf_counter()
+                try:
+                    return originals[part](*args, **kwargs)
+                finally:
+                    spent[part] += time.perf_counter() - tick
+            return call
+
+        pipe.encode_prompt, pipe.vae.decode = timed("text_encoder"), timed("vae_decoder")
+        self.memory.take()
+        try:
+            started = time.perf_counter()
+            with torch.inference_mode():
+                image = pipe(settings["prompt"], negative_prompt=settings["negative_prompt"] or None,
+                             num_inference_steps=settings["steps"], guidance_scale=settings["guidance"],
+                             height=settings["height"], width=settings["width"], latents=latents,
+                             generator=torch.Generator().manual_seed(settings["seed"]), output_type="pil").images[0]
+            total = time.perf_counter() - started
+        finally:
+            pipe.encode_prompt, pipe.vae.decode = originals["text_encoder"], originals["vae_decoder"]
+        if save:
+            image.save(save)
+        return {"total_s": total, "text_encoder_s": spent["text_encoder"], "vae_decoder_s": spent["vae_decoder"],
+                "denoising_s": total - spent["text_encoder"] - spent["vae_decoder"],
+                "peak_rss_bytes": self.memory.take(), "finished": time.time()}
+
+    def components(self, repeats: int, warmup: int) -> dict:
+        """The same calls as sdrt's worker, through the pipeline's own component objects."""
+        import torch
+
+        settings, pipe = self.settings, self.pipe
+        dtype = pipe.unet.dtype if self.spec["peer"] == "diffusers" else torch.float32
+        generator = torch.Generator().manual_seed(0)
+        factor = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+        latent = (4, settings["height"] // factor, settings["width"] // factor)
+        ids = pipe.tokenizer([settings["negative_prompt"], settings["prompt"]], padding="max_length",
+                             max_length=pipe.tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids
+        hidden = torch.cat([pipe.text_encoder(ids[:1])[0], pipe.text_encoder(ids[1:])[0]])
+        calls = {
+            # As their pipelines do: the prompt and the negative prompt in two calls of batch 1.
+            "text_encoder_s": lambda: (pipe.text_encoder(ids[1:]), pipe.text_encoder(ids[:1])),
+            "unet_batch1_s": lambda: pipe.unet(torch.randn(1, *latent, generator=generator, dtype=dtype),
+                                               torch.tensor(500), encoder_hidden_states=hidden[:1],
+                                               return_dict=False),
+            "unet_batch2_s": lambda: pipe.unet(torch.randn(2, *latent, generator=generator, dtype=dtype),
+                                               torch.tensor(500), encoder_hidden_states=hidden, return_dict=False),
+            "vae_decoder_s": lambda: pipe.vae.decode(torch.randn(1, *latent, generator=generator, dtype=dtype),
+                                                     return_dict=False),
+        }
+        calls["vae_encoder_s"] = lambda: pipe.vae.encode(
+            torch.randn(1, 3, settings["height"], settings["width"], generator=generator, dtype=dtype))
+        figures = {}
+        with torch.inference_mode():
+            for name, call in calls.items():
+                if name in self.skipped:
+                    continue
+                samples = []
+                for index in range(warmup + repeats):
+                    tick = time.perf_counter()
+                    call()
+                    if index >= warmup:
+                        samples.append(time.perf_counter() - tick)
+                figures[name] = samples
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        figures["lifetime_peak_rss_bytes"] = peak if sys.platform == "darwin" else peak * 1024
+        return figures
+
+
+def main() -> int:
+    spec = json.loads(sys.argv[1])
+    if spec["peer"] not in LOADERS:
+        raise SystemExit(f"unknown peer {spec['peer']!r}")
+    return protocol.serve(PeerEngine(spec).handlers())
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

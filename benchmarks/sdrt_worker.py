@@ -1,0 +1,120 @@
+"""A benchmark worker that runs one sdrt engine (artifact x backend x precision).
+
+    python -m sdrt.benchmarks.sdrt_worker '{"artifact": ..., "backend": ..., "precision": ..., ...}'
+
+Speaks benchmarks/protocol.py; `sdrt bench` starts one per engine so that each has its own
+memory figures and its own cold start.
+"""
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import time
+
+from .protocol import serve  # first: its import time is the worker's start
+
+
+def main(argv: list[str] | None = None) -> int:
+    spec = json.loads((argv or sys.argv[1:])[0])
+    return serve(SdrtEngine(spec).handlers())
+
+
+class SdrtEngine:
+    def __init__(self, spec: dict):
+        from .memory import PeakPoller, process_rss
+
+        self.spec = spec
+        self.settings = spec["settings"]
+        self.pipeline = None
+        self.memory = PeakPoller(process_rss()).__enter__()
+
+    def handlers(self) -> dict:
+        return {"load": self.load, "image": self.image, "components": self.components}
+
+    def load(self) -> dict:
+        from sdrt.runtime.pipeline import load
+
+        self.memory.take()
+        started = time.perf_counter()
+        # Checksums are not verified: none of the peers verifies its files at load either.
+        self.pipeline = load(self.spec["artifact"], self.spec["backend"], precision=self.spec["precision"],
+                             num_threads=self.spec.get("threads"), verify_checksums=False)
+        return {"load_s": time.perf_counter() - started, "peak_rss_bytes": self.memory.take(),
+                "sizes": self._sizes()}
+
+    def _sizes(self) -> dict:
+        """Bytes on disk: the whole artifact and each network's folder."""
+        from .harness import folder_size
+
+        artifact = self.pipeline.artifact
+        sizes = {"total": folder_size(artifact.root)}
+        for role, part in (("text_encoder", "text_encoder"), ("denoiser", "unet"), ("vae_decoder", "vae_decoder"),
+                           ("vae_encoder", "vae_encoder")):
+            if artifact.has_role(role):
+                sizes[part] = folder_size(artifact.component_for_role(role).path.parent)
+        return sizes
+
+    def image(self, save: str | None = None) -> dict:
+        settings = self.settings
+        self.memory.take()
+        started = time.perf_counter()
+        result = self.pipeline(settings["prompt"], settings["negative_prompt"],
+                               num_inference_steps=settings["steps"], guidance_scale=settings["guidance"],
+                               height=settings["height"], width=settings["width"], seed=settings["seed"],
+                               scheduler=settings["sampler"], output_type="pil")
+        total = time.perf_counter() - started
+        if save:
+            result.images[0].save(save)
+        timings = result.timings
+        return {"total_s": total, "text_encoder_s": timings["text_encoder"], "denoising_s": timings["denoising"],
+                "vae_decoder_s": timings["vae_decoder"], "step_s": timings["steps"],
+                "peak_rss_bytes": self.memory.take(), "finished": time.time()}
+
+    def components(self, repeats: int, warmup: int) -> dict:
+        """Each network alone on the request's shapes: the text encoder as guidance calls it,
+        the UNet at batch 1 and 2, the VAE decoder and (when the artifact has one) encoder."""
+        from sdrt.models.components import random_feeds
+        from sdrt.runtime.backends import backend_module
+
+        settings, pipeline = self.settings, self.pipeline
+        factor = pipeline.vae_scale_factor
+        height, width = settings["height"], settings["width"]
+        sizes = {"latent_height": height // factor, "latent_width": width // factor, "height": height,
+                 "width": width, "sequence": 77}
+        artifact, sessions = pipeline.artifact, pipeline.sessions
+
+        def feeds(role: str, batch: int) -> dict:
+            return random_feeds(artifact.component_for_role(role).spec, {**sizes, "batch": batch})
+
+        calls = {
+            "text_encoder_s": (sessions["text_encoder"],
+                               {"input_ids": pipeline.tokenizer([settings["negative_prompt"], settings["prompt"]])}),
+            "unet_batch1_s": (sessions["denoiser"], feeds("denoiser", 1)),
+            "unet_batch2_s": (sessions["denoiser"], feeds("denoiser", 2)),
+            "vae_decoder_s": (sessions["vae_decoder"], feeds("vae_decoder", 1)),
+        }
+        if artifact.has_role("vae_encoder"):
+            encoder = backend_module(pipeline.backend).open_session(artifact.component_for_role("vae_encoder"),
+                                                                      pipeline.options)
+            calls["vae_encoder_s"] = (encoder, feeds("vae_encoder", 1))
+        figures = {}
+        for name, (session, inputs) in calls.items():
+            samples = []
+            for index in range(warmup + repeats):
+                tick = time.perf_counter()
+                session.run(inputs)
+                if index >= warmup:
+                    samples.append(time.perf_counter() - tick)
+            figures[name] = samples
+        figures["lifetime_peak_rss_bytes"] = _lifetime_peak_rss()
+        return figures
+
+
+def _lifetime_peak_rss() -> int:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB on Linux
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
