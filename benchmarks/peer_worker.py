@@ -23,12 +23,14 @@ def _sibling(name: str):
     """benchmarks/<name>.py, loaded from its file (this script runs outside the sdrt package)."""
     spec = importlib.util.spec_from_file_location(f"sdrt_bench_{name}", Path(__file__).with_name(f"{name}.py"))
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
 
 protocol = _sibling("protocol")  # first: its import time is the worker's start
 memory = _sibling("memory")
+stats = _sibling("stats")
 
 # sdrt sampler -> the diffusers scheduler class (and config overrides) it reproduces
 SCHEDULERS = {
@@ -187,18 +189,9 @@ class PeerEngine:
         }
         calls["vae_encoder_s"] = lambda: pipe.vae.encode(
             torch.randn(1, 3, settings["height"], settings["width"], generator=generator, dtype=dtype))
-        figures = {}
         with torch.inference_mode():
-            for name, call in calls.items():
-                if name in self.skipped:
-                    continue
-                samples = []
-                for index in range(warmup + repeats):
-                    tick = time.perf_counter()
-                    call()
-                    if index >= warmup:
-                        samples.append(time.perf_counter() - tick)
-                figures[name] = samples
+            figures = {name: stats.timed(call, repeats, warmup) for name, call in calls.items()
+                       if name not in self.skipped}
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         figures["lifetime_peak_rss_bytes"] = peak if sys.platform == "darwin" else peak * 1024
         return figures

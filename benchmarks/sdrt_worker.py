@@ -77,6 +77,8 @@ class SdrtEngine:
         from sdrt.models.components import random_feeds
         from sdrt.runtime.backends import backend_module
 
+        from .stats import timed
+
         settings, pipeline = self.settings, self.pipeline
         factor = pipeline.vae_scale_factor
         height, width = settings["height"], settings["width"]
@@ -98,15 +100,8 @@ class SdrtEngine:
             encoder = backend_module(pipeline.backend).open_session(artifact.component_for_role("vae_encoder"),
                                                                       pipeline.options)
             calls["vae_encoder_s"] = (encoder, feeds("vae_encoder", 1))
-        figures = {}
-        for name, (session, inputs) in calls.items():
-            samples = []
-            for index in range(warmup + repeats):
-                tick = time.perf_counter()
-                session.run(inputs)
-                if index >= warmup:
-                    samples.append(time.perf_counter() - tick)
-            figures[name] = samples
+        figures = {name: timed(lambda: session.run(inputs), repeats, warmup)
+                   for name, (session, inputs) in calls.items()}
         figures["lifetime_peak_rss_bytes"] = _lifetime_peak_rss()
         return figures
 

@@ -1,7 +1,8 @@
 """Summary statistics of repeated measurements, as every benchmark figure reports them."""
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -38,3 +39,14 @@ def ratio(ours: Summary, theirs: Summary) -> float:
     if theirs.median == 0:
         raise ValueError("Cannot take a ratio against a zero median.")
     return ours.median / theirs.median
+
+
+def timed(call: Callable[[], object], repeats: int, warmup: int) -> list[float]:
+    """Seconds of each of `repeats` calls, after `warmup` unmeasured ones."""
+    samples = []
+    for index in range(warmup + repeats):
+        tick = time.perf_counter()
+        call()
+        if index >= warmup:
+            samples.append(time.perf_counter() - tick)
+    return samples

@@ -14,6 +14,8 @@ from sdrt.models.components import random_feeds
 from sdrt.runtime.artifact import open_artifact
 from sdrt.runtime.backends import SessionOptions, backend_module
 
+from .stats import timed
+
 
 def measure(artifact_path: str, backend: str, height: int, width: int, batch: int, repeats: int, warmup: int,
             precision: str = "fp32") -> dict:
@@ -25,12 +27,7 @@ def measure(artifact_path: str, backend: str, height: int, width: int, batch: in
     started = time.perf_counter()
     session = backend_module(backend).open_session(component, SessionOptions(precision=precision))
     load = time.perf_counter() - started
-    times = []
-    for index in range(warmup + repeats):
-        tick = time.perf_counter()
-        session.run(feeds)
-        if index >= warmup:
-            times.append(time.perf_counter() - tick)
+    times = timed(lambda: session.run(feeds), repeats, warmup)
     return {"backend": backend, "precision": precision, "height": height, "width": width, "batch": batch,
             "load_s": load, "median_s": statistics.median(times), "min_s": min(times), "max_s": max(times),
             "repeats": repeats}

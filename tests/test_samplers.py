@@ -5,20 +5,13 @@ import pytest
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
 
+# sdrt sampler -> the diffusers scheduler (and config overrides) it must reproduce; `sdrt bench`
+# gives the peers the same table, so this test also checks that they run the same sampler.
+from sdrt.benchmarks.peer_worker import SCHEDULERS as ORACLES
 from sdrt.models.configs import SD1_SCHEDULER
 from sdrt.runtime.errors import RequestError
 from sdrt.runtime.loop import run_plan
 from sdrt.runtime.samplers import SAMPLERS, SamplerPlan, compile_plan
-
-ORACLES = {
-    "ddim": ("DDIMScheduler", {}),
-    "pndm": ("PNDMScheduler", {}),
-    "euler": ("EulerDiscreteScheduler", {}),
-    "euler_a": ("EulerAncestralDiscreteScheduler", {}),
-    "dpmpp_2m": ("DPMSolverMultistepScheduler", {"use_karras_sigmas": False}),
-    "dpmpp_2m_karras": ("DPMSolverMultistepScheduler", {"use_karras_sigmas": True}),
-    "lcm": ("LCMScheduler", {}),
-}
 
 CONFIGS = {
     "sd15": dict(SD1_SCHEDULER),
