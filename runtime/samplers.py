@@ -25,6 +25,7 @@ import numpy as np
 from .errors import RequestError
 
 SAMPLERS = ("ddim", "pndm", "euler", "euler_a", "dpmpp_2m", "dpmpp_2m_karras", "lcm")
+_SIGMA_SAMPLERS = ("euler", "euler_a", "dpmpp_2m", "dpmpp_2m_karras")  # work in sigma = sqrt((1 - a) / a)
 
 # Each sampler's diffusers defaults for the keys a checkpoint's scheduler config may omit.
 _DEFAULTS = {
@@ -105,15 +106,23 @@ def compile_plan(sampler: str, scheduler_config: dict, num_inference_steps: int)
             f"The {sampler} sampler with clip_sample=true is not linear and is not supported; the checkpoint's "
             "scheduler config should say clip_sample: false (Stable Diffusion's does)."
         )
-    if config["rescale_betas_zero_snr"]:
-        raise RequestError("Scheduler configs with rescale_betas_zero_snr=true are not supported yet.")
     if config["prediction_type"] not in ("epsilon", "v_prediction"):
         raise RequestError(
             f"prediction_type {config['prediction_type']!r} is not supported; use epsilon or v_prediction.")
+    if config["rescale_betas_zero_snr"]:
+        if config["prediction_type"] != "v_prediction":
+            raise RequestError("rescale_betas_zero_snr=true needs prediction_type v_prediction: at zero terminal "
+                               "SNR an epsilon model's clean-image estimate divides by zero (Lin et al. 2024).")
+        if sampler == "pndm":
+            raise RequestError("The pndm sampler has no zero-terminal-SNR form (diffusers' PNDMScheduler ignores "
+                               "rescale_betas_zero_snr); choose ddim, euler, euler_a, dpmpp_2m or lcm.")
     if config["timestep_spacing"] not in ("leading", "trailing", "linspace"):
         raise RequestError(
             f"timestep_spacing must be leading, trailing or linspace, got {config['timestep_spacing']!r}.")
     alphas_cumprod = _alphas_cumprod(config)
+    if config["rescale_betas_zero_snr"] and sampler in _SIGMA_SAMPLERS:
+        # As those diffusers schedulers do: close to 0 without being 0, so the first sigma is finite.
+        alphas_cumprod[-1] = np.float32(2.0**-24)
     builder = {
         "ddim": _ddim, "pndm": _pndm, "euler": _euler, "euler_a": _euler_ancestral,
         "dpmpp_2m": _dpmpp_2m, "dpmpp_2m_karras": _dpmpp_2m, "lcm": _lcm,
@@ -140,7 +149,21 @@ def _alphas_cumprod(config: dict) -> np.ndarray:
     else:
         raise RequestError(
             f"beta_schedule {schedule!r} is not supported; use linear, scaled_linear or squaredcos_cap_v2.")
+    if config["rescale_betas_zero_snr"]:
+        betas = _rescale_zero_terminal_snr(betas)
     return np.cumprod(np.float32(1.0) - betas, dtype=np.float32)
+
+
+def _rescale_zero_terminal_snr(betas: np.ndarray) -> np.ndarray:
+    """Betas whose last alpha-bar is exactly 0 (Lin et al. 2024, "Common Diffusion Noise
+    Schedules and Sample Steps are Flawed", algorithm 1; diffusers' rescale_zero_terminal_snr,
+    in float32 as there)."""
+    alphas_bar_sqrt = np.sqrt(np.cumprod(np.float32(1.0) - betas, dtype=np.float32))
+    first, last = alphas_bar_sqrt[0], alphas_bar_sqrt[-1]
+    alphas_bar_sqrt = (alphas_bar_sqrt - last) * (first / (first - last))  # shift to 0, keep the first
+    alphas_bar = alphas_bar_sqrt**2
+    alphas = np.concatenate([alphas_bar[:1], alphas_bar[1:] / alphas_bar[:-1]]).astype(np.float32)
+    return (np.float32(1.0) - alphas).astype(np.float32)
 
 
 def _linspace_f32(start: float, end: float, n: int) -> np.ndarray:
