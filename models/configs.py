@@ -94,7 +94,8 @@ _CONFIGS["demo"] = {
         "scaling_factor": 1.0,
     },
     "scheduler": {**SD1_SCHEDULER, "_class_name": "DPMSolverMultistepScheduler", "timestep_spacing": "linspace",
-                  "steps_offset": 0, "algorithm_type": "dpmsolver++", "solver_order": 2},
+                  "steps_offset": 0, "algorithm_type": "dpmsolver++", "solver_order": 2,
+                  "prediction_type": "v_prediction"},
 }
 
 KNOWN_CONFIGS = tuple(_CONFIGS)

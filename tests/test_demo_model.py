@@ -14,10 +14,11 @@ from sdrt.models.demo.publish import folder_bytes
 from sdrt.runtime.backends import available_backends
 
 SUBSET = 24  # the first 24 evaluation prompts, seed 1
-# The full evaluation (100 prompts x 2 seeds) scores overall 0.717 and colour 0.960 on both CPU
-# backends, and this subset 0.716 and 0.917 (models/README.md); the bounds sit a few points under.
-SUBSET_OVERALL = 0.66
-SUBSET_COLOUR = 0.85
+# The full evaluation (100 prompts x 2 seeds) scores overall 0.935 and colour 0.950 on both CPU
+# backends, and this subset 0.989 and 0.958 (models/README.md); the bounds sit a few points under
+# the full scores.
+SUBSET_OVERALL = 0.90
+SUBSET_COLOUR = 0.90
 
 
 @pytest.fixture(scope="module")
@@ -29,6 +30,16 @@ def test_shipped_model_fits_the_budget_and_verifies():
     artifact = sdrt.open_artifact(demo_artifact())  # schema and every checksum
     assert artifact.manifest["pipeline"]["default_size"] == [64, 64]
     assert folder_bytes(demo_checkpoint()) + folder_bytes(demo_artifact()) <= 40_000_000
+
+
+def test_shipped_text_encoder_uses_the_standard_key_names():
+    """Real checkpoints name CLIP's weights text_model.*; transformers 4.x (what the peers pin)
+    loads nothing from any other layout."""
+    from safetensors import safe_open
+
+    with safe_open(demo_checkpoint() / "text_encoder" / "model.safetensors", framework="numpy") as weights:
+        keys = list(weights.keys())
+    assert keys and all(key.startswith("text_model.") for key in keys)
 
 
 def test_shipped_artifact_is_the_export_of_the_shipped_folder(tmp_path):
@@ -57,9 +68,11 @@ def test_negative_prompt_moves_the_colour_away(pipes):
         images = [pipe("a circle", negative, num_inference_steps=20, seed=seed).images[0] for seed in range(32)]
         return [read_scene(np.asarray(image))["colour"] for image in images]
 
-    plain, negative = colours(), colours("yellow")
-    assert plain.count("yellow") >= 6, plain  # "a circle" comes out yellow about a third of the time
-    assert negative.count("yellow") <= plain.count("yellow") // 4, negative
+    plain = colours()
+    common = max(sorted(set(plain)), key=plain.count)  # "a circle": black, orange, red 6 of 32 each
+    negative = colours(common)
+    assert plain.count(common) >= 4, plain
+    assert negative.count(common) <= plain.count(common) // 4, (common, negative)
 
 
 def test_generate_without_an_artifact_uses_the_demo_model_on_the_best_backend(tmp_path, pipes):

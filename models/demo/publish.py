@@ -55,6 +55,8 @@ def _write_half_precision_folder(trained: Path, target: Path) -> None:
     import torch
     from safetensors.torch import load_file, save_file
 
+    from ...export.random_model import standard_text_encoder_keys
+
     target.mkdir(parents=True)
     shutil.copyfile(trained / "model_index.json", target / "model_index.json")
     for name in CONFIG_FOLDERS:
@@ -69,6 +71,8 @@ def _write_half_precision_folder(trained: Path, target: Path) -> None:
         (target / name / "config.json").write_text(json.dumps(config, indent=2))
         tensors = {k: v.to(torch.float16) if v.is_floating_point() else v
                    for k, v in load_file(trained / name / weights).items()}
+        if name == "text_encoder":
+            tensors = standard_text_encoder_keys(tensors)
         save_file(tensors, target / name / weights, metadata={"format": "pt"})
 
 

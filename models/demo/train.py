@@ -1,7 +1,7 @@
 """The demo model's training recipe: the VAE first, then the UNet and text encoder together.
 
     python -m sdrt.models.demo.train CHECKPOINT --stage vae --minutes 15
-    python -m sdrt.models.demo.train CHECKPOINT --stage unet --minutes 60
+    python -m sdrt.models.demo.train CHECKPOINT --stage unet --minutes 95
 
 CHECKPOINT is a diffusers folder (created with random weights from models.configs "demo" on
 the first run). Each stage is resumable: it saves weights, optimizer and data-generator state
@@ -10,7 +10,8 @@ to CHECKPOINT/training/ every `save_every` seconds and continues from there when
 Seeds are fixed, data comes from scenes.py, and evaluation prompts never appear as captions.
 The VAE learns a mean-squared-error reconstruction. The UNet stage first encodes a pool of
 scenes with the trained VAE, then trains on their posterior means with fresh captions and
-multi-resolution noise (see `multiresolution_noise`), and keeps an exponential moving average
+multi-resolution noise (see `multiresolution_noise`) to predict what the scheduler config says
+(v for the demo model: see models/README.md), and keeps an exponential moving average
 of the UNet and text encoder weights, which is what it saves to the folder. Train one stage
 at a time: two torch jobs on two cores slow each other about 5x.
 `python -m sdrt.models.demo.publish CHECKPOINT` then writes the shipped folder and artifact.
@@ -205,7 +206,9 @@ def _train(folder: Path, stage: str, minutes: float, max_steps: int | None, batc
             noisy = noise_schedule.add_noise(latents, noise, timesteps)
             ids = torch.from_numpy(tokenizer(captions))
             hidden = text_encoder(input_ids=ids).last_hidden_state
-            loss = F.mse_loss(unet(noisy, timesteps, hidden).sample, noise)
+            target = (noise_schedule.get_velocity(latents, noise, timesteps)
+                      if noise_schedule.config.prediction_type == "v_prediction" else noise)
+            loss = F.mse_loss(unet(noisy, timesteps, hidden).sample, target)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)
