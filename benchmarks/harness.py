@@ -50,8 +50,8 @@ DEFINITIONS = (
     "denoising, VAE decode). Steps per second: denoising steps over the denoising time of those images. "
     "Text encoder / UNet / VAE: one call each, on the request's shapes (the text encoder on prompt + "
     "negative; the UNet with random latents). Peak RSS: the worker's resident memory sampled every 5 ms "
-    "on a background thread: first run = load + first image, steady = later images; worker = its "
-    "lifetime peak (getrusage). On disk: the model files the engine reads."
+    "on a background thread: first run = load + first image, steady = later images; worker = the "
+    "highest sample over its life. On disk: the model files the engine reads."
 )
 HIGHER_IS_BETTER = {"steps_per_s"}
 
@@ -105,6 +105,7 @@ class EngineResult:
     engine: Engine
     samples: dict[str, list[float]] = field(default_factory=dict)
     image: Path | None = None
+    versions: dict[str, str] = field(default_factory=dict)  # a peer's own environment
 
     def add(self, metric: str, value: float) -> None:
         self.samples.setdefault(metric, []).append(float(value))
@@ -140,6 +141,7 @@ def _run_group(group: list[EngineResult], settings: Settings, out: Path, report:
             workers.append(worker)
             loaded = worker.call("load")
             result.add("load_s", loaded["load_s"])
+            result.versions = loaded.get("versions", {})
             for part, size in loaded.get("sizes", {}).items():  # bytes on disk: "total" and per component
                 result.add("size_bytes" if part == "total" else f"size_{part}_bytes", size)
             result.samples["_load_peak"] = [loaded["peak_rss_bytes"]]

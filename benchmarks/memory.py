@@ -22,6 +22,7 @@ class PeakPoller:
         self._interval = interval
         self._lock = threading.Lock()
         self._peak = read()
+        self.lifetime = self._peak  # the highest value seen since the poller was made
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, name="sdrt-memory-poller", daemon=True)
 
@@ -41,6 +42,7 @@ class PeakPoller:
         value = self._read()
         with self._lock:
             self._peak = max(self._peak, value)
+            self.lifetime = max(self.lifetime, value)
 
     def take(self) -> int:
         """The peak since the previous take (or the start), including the value right now."""

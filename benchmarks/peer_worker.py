@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import resource
 import sys
 import time
 from pathlib import Path
@@ -98,6 +97,20 @@ def _converted(spec: dict, kind: str, convert) -> Path:
     return folder
 
 
+def _versions() -> dict:
+    """The peer environment's versions of what the result depends on."""
+    from importlib import metadata
+
+    found = {}
+    for name in ("torch", "diffusers", "transformers", "optimum", "optimum-intel", "optimum-onnx", "openvino",
+                 "onnxruntime"):
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return found
+
+
 def _size(folder: Path) -> int:
     return sum(entry.stat().st_size for entry in Path(folder).rglob("*") if entry.is_file())
 
@@ -124,7 +137,8 @@ class PeerEngine:
         self.pipe, self.skipped, sizes = LOADERS[self.spec["peer"]](self.spec, self.settings)
         name, overrides = SCHEDULERS[self.settings["sampler"]]
         self.pipe.scheduler = getattr(diffusers, name).from_config({**self.pipe.scheduler.config, **overrides})
-        return {"load_s": time.perf_counter() - started, "peak_rss_bytes": self.memory.take(), "sizes": sizes}
+        return {"load_s": time.perf_counter() - started, "peak_rss_bytes": self.memory.take(), "sizes": sizes,
+                "versions": _versions()}
 
     def image(self, save: str | None = None) -> dict:
         import numpy as np
@@ -192,8 +206,8 @@ class PeerEngine:
         with torch.inference_mode():
             figures = {name: stats.timed(call, repeats, warmup) for name, call in calls.items()
                        if name not in self.skipped}
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        figures["lifetime_peak_rss_bytes"] = peak if sys.platform == "darwin" else peak * 1024
+        self.memory.take()
+        figures["lifetime_peak_rss_bytes"] = self.memory.lifetime  # not getrusage: see sdrt_worker
         return figures
 
 

@@ -112,7 +112,9 @@ def markdown(header: dict, results: list[EngineResult], agreement: dict[str, flo
              + (f"; GPUs: {', '.join(g['name'] + ' (driver ' + g['driver'] + ')' for g in machine['gpus'])}"
                 if machine["gpus"] else "") + ".",
              "Versions: " + ", ".join(f"{k} {v}" for k, v in header["versions"].items())
-             + (f"; sdrt commit {header['commit']}" if header.get("commit") else "") + ".",
+             + (f"; sdrt commit {header['commit']}" if header.get("commit") else "") + "."
+             + "".join(f" {name}: " + ", ".join(f"{k} {v}" for k, v in versions.items()) + "."
+                       for name, versions in header.get("peer_versions", {}).items()),
              f"Settings: prompt \"{settings['prompt']}\", sampler {settings['sampler']}, guidance "
              f"{settings['guidance']}, seed {settings['seed']} (the same initial latents for every engine); "
              f"{settings['warmup']} warm-up image(s), then {settings['repeats']} measured; "

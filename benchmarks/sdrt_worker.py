@@ -8,7 +8,6 @@ memory figures and its own cold start.
 from __future__ import annotations
 
 import json
-import resource
 import sys
 import time
 
@@ -102,13 +101,11 @@ class SdrtEngine:
             calls["vae_encoder_s"] = (encoder, feeds("vae_encoder", 1))
         figures = {name: timed(lambda: session.run(inputs), repeats, warmup)
                    for name, (session, inputs) in calls.items()}
-        figures["lifetime_peak_rss_bytes"] = _lifetime_peak_rss()
+        # The poller's own record: getrusage's maxrss would include the memory of the process
+        # this worker was forked from (Linux keeps it across exec).
+        self.memory.take()
+        figures["lifetime_peak_rss_bytes"] = self.memory.lifetime
         return figures
-
-
-def _lifetime_peak_rss() -> int:
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB on Linux
 
 
 if __name__ == "__main__":

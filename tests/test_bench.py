@@ -39,6 +39,7 @@ def test_peak_poller_reports_the_peak_since_the_last_take():
     assert poller.take() == 500
     assert poller.take() == 300
     assert poller.take() == 250  # the fresh reading after the previous take counts
+    assert poller.lifetime == 500
 
 
 def test_machine_facts_from_proc_files():
@@ -183,6 +184,7 @@ def test_bench_on_the_demo_model_against_diffusers(tmp_path, capsys):
     assert run["reference"] == "diffusers/fp32"
     assert agreement["sdrt/onnxruntime/fp32"] < 1.0  # fp32 target: under 1/255 on average
     assert any(x["type"] == "ratio" and x["metric"] == "image_s" for x in lines)
+    assert run["peer_versions"]["diffusers/fp32"]["diffusers"]  # the peer environment's own versions
     assert json.loads(json.dumps(run["settings"]))["steps"] == 3
     assert (out / "report.md").is_file() and (out / "latency.png").is_file()
     assert not (tmp_path / "run.partial").exists()
