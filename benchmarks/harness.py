@@ -134,6 +134,7 @@ def run_engines(engines: list[Engine], settings: Settings, out: Path,
 
 def _run_group(group: list[EngineResult], settings: Settings, out: Path, report: Progress) -> None:
     workers = []
+    first_run_peaks: dict[int, list[int]] = {}  # per engine: peak RSS of the load, then of the first image
     try:
         for result in group:
             report(f"{result.engine.name}: loading")
@@ -144,7 +145,7 @@ def _run_group(group: list[EngineResult], settings: Settings, out: Path, report:
             result.versions = loaded.get("versions", {})
             for part, size in loaded.get("sizes", {}).items():  # bytes on disk: "total" and per component
                 result.add("size_bytes" if part == "total" else f"size_{part}_bytes", size)
-            result.samples["_load_peak"] = [loaded["peak_rss_bytes"]]
+            first_run_peaks[id(result)] = [loaded["peak_rss_bytes"]]
         images = settings.warmup + settings.repeats
         for round_index in range(images):
             order = list(zip(group, workers))
@@ -155,6 +156,8 @@ def _run_group(group: list[EngineResult], settings: Settings, out: Path, report:
                 path = out / "images" / f"{_file_name(result.engine)}.png"
                 figures = worker.call("image", save=str(path))
                 result.image = path
+                if round_index == 0:
+                    first_run_peaks[id(result)].append(figures["peak_rss_bytes"])
                 _record_image(result, figures, settings, first=round_index == 0,
                               measured=round_index >= settings.warmup)
         for result, worker in zip(group, workers):
@@ -168,15 +171,12 @@ def _run_group(group: list[EngineResult], settings: Settings, out: Path, report:
         for worker in workers:
             worker.close()
     for result in group:
-        load_peak = result.samples.pop("_load_peak")[0]
-        first = result.samples.pop("_first_image_peak")[0]
-        result.add("first_run_peak_rss_bytes", max(load_peak, first))
+        result.add("first_run_peak_rss_bytes", max(first_run_peaks[id(result)]))
 
 
 def _record_image(result: EngineResult, figures: dict, settings: Settings, first: bool, measured: bool) -> None:
     if first:
         result.add("first_image_s", figures["total_s"])
-        result.samples["_first_image_peak"] = [figures["peak_rss_bytes"]]
     else:
         result.add("steady_peak_rss_bytes", figures["peak_rss_bytes"])
     if measured:

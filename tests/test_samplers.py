@@ -81,7 +81,7 @@ def test_plan_matches_diffusers_every_step(sampler, config_name, steps):
     # At zero terminal SNR the Euler samplers start at sigma = 4096: diffusers' first float32
     # step cancels terms of about 4096 |x| (one ulp ~ 1e-3) down to a few units, so its own
     # rounding reaches ~7e-5 of the result there.
-    tolerance = 1e-4 if config.get("rescale_betas_zero_snr") else 1e-5
+    tolerance = 1e-4 if config.get("rescale_betas_zero_snr") and sampler in ("euler", "euler_a") else 1e-5
     for index, ((_, mine), (_, theirs)) in enumerate(zip(ours, reference)):
         rel = np.abs(mine - theirs).max() / np.abs(theirs).max()
         assert rel <= tolerance, f"{sampler} step {index}: relative error {rel:.2e}"
