@@ -3,7 +3,6 @@ once into a cache folder, so that anyone can benchmark without downloading weigh
 does not depend on weight values). `demo` is the shipped demo model and needs no building."""
 from __future__ import annotations
 
-import os
 import shutil
 import uuid
 from dataclasses import dataclass
@@ -19,14 +18,6 @@ class BenchModel:
     name: str
     checkpoint: Path  # the diffusers folder (what the peers load)
     artifact: Path  # the sdrt artifact exported from it
-
-
-def default_cache() -> Path:
-    """$SDRT_CACHE, else $XDG_CACHE_HOME/sdrt, else ~/.cache/sdrt."""
-    if os.environ.get("SDRT_CACHE"):
-        return Path(os.environ["SDRT_CACHE"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base).expanduser() / "sdrt"
 
 
 def builtin_model(name: str, cache: Path, progress=None) -> BenchModel:

@@ -10,7 +10,8 @@ from pathlib import Path
 
 from ..runtime.backends import BACKENDS, PRECISIONS, available_backends, backend_module
 from ..runtime.samplers import SAMPLERS
-from .builtin import BUILTIN_MODELS, builtin_model, default_cache
+from ..runtime.cache import user_cache
+from .builtin import BUILTIN_MODELS, builtin_model
 from .harness import BenchmarkError, Engine, Settings, run_engines, sdrt_engine
 from .peers import PEERS, parse_compare, peer_engines, peer_python
 
@@ -56,8 +57,8 @@ def add_parser(commands) -> None:
     bench.add_argument("--no-cold-start", action="store_true",
                        help="skip the fresh-process load and first image of each engine")
     bench.add_argument("--threads", type=int, default=None, help="CPU threads per engine (default: all cores)")
-    bench.add_argument("--cache", type=Path, default=None, help="where built-in models and peer conversions go "
-                                                                "(default: $SDRT_CACHE or ~/.cache/sdrt)")
+    bench.add_argument("--cache", type=Path, default=None,
+                       help="where built-in models and peer conversions go (default: $SDRT_CACHE or ~/.cache/sdrt)")
     bench.add_argument("--out", type=Path, default=None,
                        help="output folder (default: sdrt-bench/DATE-MODEL-SIZE in the current folder)")
 
@@ -80,7 +81,7 @@ def run(args, argv: list[str], console=None) -> int:
     backends = _names(args.backends, available_backends(), BACKENDS, "backend")
     precisions = _names(args.precisions, None, PRECISIONS, "precision")
     peers = parse_compare(args.compare)
-    cache = args.cache or default_cache()
+    cache = args.cache or user_cache()
 
     if args.artifact is not None:
         if not (args.artifact / "sdrt.json").is_file():
@@ -118,12 +119,14 @@ def run(args, argv: list[str], console=None) -> int:
     latents_path = partial / "latents.npy"
     np.save(latents_path, gaussian_noise(settings.seed, (1, pipeline["latent_channels"], height // factor,
                                                           width // factor), INITIAL_LATENTS_STREAM))
+    # A fresh engine cache per run: the first load compiles cold, later processes import.
+    engine_cache = partial / "engines"
     ours, missing = [], {}
     for backend in backends:
         offered = backend_module(backend).PRECISIONS
         for precision in precisions:
             if precision in offered:
-                ours.append(sdrt_engine(artifact, backend, precision, args.threads))
+                ours.append(sdrt_engine(artifact, backend, precision, args.threads, engine_cache))
             else:
                 missing[f"sdrt/{backend}/{precision}"] = f"the {backend} backend offers {', '.join(offered)}"
     theirs, peers_missing = peer_engines(peers, precisions, peer_python(args.peer_python), checkpoint,
@@ -138,6 +141,8 @@ def run(args, argv: list[str], console=None) -> int:
     except BenchmarkError as error:
         raise BenchmarkError(f"{error}\n(everything measured so far, with each worker's log, is in {partial})") \
             from None
+    finally:
+        shutil.rmtree(engine_cache, ignore_errors=True)  # gigabytes at real sizes
     reference, agreement = report.image_agreement(results)
     ratio_rows = report.ratios(results)
     header = {"date": stamp.isoformat(timespec="seconds"),

@@ -43,8 +43,10 @@ METRICS = {
 # What each figure measures, for the report's legend.
 DEFINITIONS = (
     "load + compile: opening the model and compiling it for the backend, in the worker that measures "
-    "everything else (first load of the run); new process: the same in a fresh process once files and "
-    "caches are warm. New process to first image: from starting the worker process to the first image "
+    "everything else (first load of the run; sdrt's engine cache starts the run empty, so the first sdrt "
+    "engine on a backend compiles and writes the engines, which later ones, fp32 and bf16 alike, import); "
+    "new process: the same in a fresh process once files and caches are "
+    "warm. New process to first image: from starting the worker process to the first image "
     "done (the cold start a user sees). First image: the first image after load (includes any lazy "
     "compilation); image: the measured images after warm-up, end to end (tokenize, text encoder, "
     "denoising, VAE decode). Steps per second: denoising steps over the denoising time of those images. "
@@ -253,11 +255,14 @@ class Worker:
                 self.process.wait()
 
 
-def sdrt_engine(artifact: Path, backend: str, precision: str, threads: int | None = None) -> Engine:
-    """sdrt on `backend` at `precision`, in a worker run by this interpreter."""
+def sdrt_engine(artifact: Path, backend: str, precision: str, threads: int | None = None,
+                engine_cache: Path | None = None) -> Engine:
+    """sdrt on `backend` at `precision`, in a worker run by this interpreter; compiled engines
+    are kept in `engine_cache` (None: none)."""
     return Engine(name=f"sdrt/{backend}/{precision}", kind="sdrt", precision=precision,
                   command=(sys.executable, "-m", "sdrt.benchmarks.sdrt_worker"),
-                  spec={"artifact": str(artifact), "backend": backend, "precision": precision, "threads": threads})
+                  spec={"artifact": str(artifact), "backend": backend, "precision": precision, "threads": threads,
+                        "engine_cache": None if engine_cache is None else str(engine_cache)})
 
 
 def folder_size(path: Path) -> int:

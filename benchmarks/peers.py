@@ -16,7 +16,7 @@ import venv
 from dataclasses import dataclass
 from pathlib import Path
 
-from .builtin import default_cache
+from ..runtime.cache import user_cache
 from .harness import BenchmarkError, Engine
 
 REQUIREMENTS = Path(__file__).with_name("peer-requirements.txt")
@@ -41,7 +41,7 @@ PEERS = {
 
 
 def default_peer_environment() -> Path:
-    return default_cache() / "peers-venv"
+    return user_cache() / "peers-venv"
 
 
 def peer_python(explicit: str | None = None) -> str:

@@ -20,6 +20,7 @@ class Component:
     path: Path  # the .onnx file
     precision: str
     entry: dict  # the manifest entry, as written
+    checksums: tuple[str, ...] = ()  # SHA-256 of the component's files, from the manifest
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,9 @@ class Artifact:
             raise ArtifactError(f"The artifact at {self.root} has no {name} component "
                                 f"(it has: {', '.join(entries)}).")
         entry = entries[name]
-        return Component(ComponentSpec.from_json(name, entry), self.root / entry["path"], entry["precision"], entry)
+        checksums = tuple(self.manifest["files"][relative]["sha256"] for relative in entry["files"])
+        return Component(ComponentSpec.from_json(name, entry), self.root / entry["path"], entry["precision"], entry,
+                         checksums)
 
     def component_for_role(self, role: str) -> Component:
         for name, entry in self.manifest["components"].items():

@@ -17,6 +17,7 @@ from ..kernels.image import to_uint8, to_unit_range
 from ..kernels.sampler_step import guide
 from .artifact import Artifact, open_artifact
 from .backends import SessionOptions, backend_module, best_backend
+from .cache import default_engine_cache
 from .errors import ArtifactError, RequestError
 from .loop import run_plan
 from .noise import INITIAL_LATENTS_STREAM, gaussian_noise, step_noise_stream
@@ -266,14 +267,34 @@ def _round_to(value: int, multiple: int) -> int:
 
 
 def load(artifact: str | os.PathLike, backend: str | None = None, device: str = "cpu", *, precision: str = "fp32",
-         num_threads: int | None = None, verify_checksums: bool = True) -> StableDiffusionPipeline:
+         num_threads: int | None = None, verify_checksums: bool = True,
+         engine_cache: str | os.PathLike | bool = True) -> StableDiffusionPipeline:
     """Open an sdrt artifact folder on a backend and return a text-to-image pipeline.
 
     backend: "onnxruntime" or "openvino" (default: openvino where installed, else onnxruntime);
     device: "cpu" (openvino also "gpu", "npu");
-    precision: "fp32", or "bf16" on openvino (fast on CPUs with AMX or AVX512-BF16).
+    precision: "fp32", or "bf16" on openvino (fast on CPUs with AMX or AVX512-BF16);
+    engine_cache: where backends that compile (openvino) keep compiled engines so the next load
+    skips compilation: True for the user cache ($SDRT_CACHE/engines, default
+    ~/.cache/sdrt/engines; skipped when it cannot be created), a folder (created if missing), or
+    False for none.
     """
-    options = SessionOptions(device=device, precision=precision, num_threads=num_threads)
+    options = SessionOptions(device=device, precision=precision, num_threads=num_threads,
+                             engine_cache=_engine_cache_folder(engine_cache))
     backend = best_backend() if backend is None else backend
     backend_module(backend)  # a missing package fails before the checksums are read
     return StableDiffusionPipeline(open_artifact(Path(artifact), verify_checksums=verify_checksums), backend, options)
+
+
+def _engine_cache_folder(engine_cache: str | os.PathLike | bool) -> str | None:
+    if engine_cache is False or engine_cache is None:
+        return None
+    if engine_cache is True:
+        return str(default_engine_cache())  # made by the backends that use it; skipped if it cannot be
+    folder = Path(engine_cache)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise RequestError(f"Cannot use {folder} as the engine cache ({error.strerror}); pass another folder, "
+                           "or engine_cache=False (CLI: --no-engine-cache).") from None
+    return str(folder)

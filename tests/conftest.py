@@ -6,6 +6,20 @@ from pathlib import Path
 import pytest
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_user_cache(tmp_path_factory):
+    """Compiled engines and other cached files go to a temporary folder, not the user's cache."""
+    import os
+
+    previous = os.environ.get("SDRT_CACHE")
+    os.environ["SDRT_CACHE"] = str(tmp_path_factory.mktemp("sdrt-cache"))
+    yield
+    if previous is None:
+        os.environ.pop("SDRT_CACHE", None)
+    else:
+        os.environ["SDRT_CACHE"] = previous
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> Path:
     pytest.importorskip("diffusers")

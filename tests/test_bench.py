@@ -190,6 +190,20 @@ def test_bench_on_the_demo_model_against_diffusers(tmp_path, capsys):
     assert not (tmp_path / "run.partial").exists()
 
 
+def test_bench_compiles_into_an_engine_cache_of_its_own_and_removes_it(tmp_path, monkeypatch):
+    """The first load of a run compiles cold; the fresh-process load imports what it wrote; the
+    user's own engine cache is left alone and nothing stays behind."""
+    pytest.importorskip("openvino")
+    monkeypatch.setenv("SDRT_CACHE", str(tmp_path / "user-cache"))
+    out = tmp_path / "run"
+    assert main(["bench", "--model", "demo", "--backends", "openvino", "--steps", "2", "--repeats", "1",
+                 "--warmup", "0", "--threads", "1", "--out", str(out)]) == 0
+    figures = {x["metric"] for x in report.read_jsonl(out / "results.jsonl") if x["type"] == "figure"}
+    assert {"load_s", "load_warm_s", "cold_start_s"} <= figures
+    assert not any(out.rglob("*.blob")) and not (out / "engines").exists()
+    assert not (tmp_path / "user-cache" / "engines").exists()
+
+
 def test_bench_refuses_bad_requests_before_running(tmp_path, capsys):
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "file").write_text("x")

@@ -27,6 +27,7 @@ class SessionOptions:
     device: str = "cpu"
     precision: str = "fp32"  # compute precision: fp32, or bf16 where the backend offers it
     num_threads: int | None = None  # None: the backend's default (all cores)
+    engine_cache: str | None = None  # folder for compiled engines (backends that compile); None: no cache
 
     def __post_init__(self):
         if self.precision not in PRECISIONS:

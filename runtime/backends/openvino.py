@@ -9,6 +9,7 @@ import numpy as np
 import openvino as ov
 
 from ..artifact import Component
+from ..cache import engine_folder
 from ..errors import BackendUnavailableError, RequestError
 from . import SessionOptions, cast_feeds
 
@@ -29,7 +30,18 @@ class OpenVinoSession:
         config = {"INFERENCE_PRECISION_HINT": PRECISION_HINTS[options.precision], "PERFORMANCE_HINT": "LATENCY"}
         if options.num_threads and device == "CPU":
             config["INFERENCE_NUM_THREADS"] = options.num_threads
-        self._compiled = core.compile_model(core.read_model(str(component.path)), device, config)
+        if options.engine_cache:
+            # OpenVINO exports the compiled model on the first compile and imports it after. Its
+            # cache key leaves out the precision hint: fp32 and bf16 loads share one blob and each
+            # still computes at its own precision (tests/test_engine_cache.py checks this).
+            folder = engine_folder(options.engine_cache, component, "openvino", ov.get_version(), device)
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                config["CACHE_DIR"] = str(folder)
+            except OSError:
+                pass  # a folder the user named was checked at load; the default one may be unwritable
+        # Compiling from the path (not a read model) lets a cached engine skip reading the ONNX.
+        self._compiled = core.compile_model(str(component.path), device, config)
         self._request = self._compiled.create_infer_request()
         self.input_names = [p.any_name for p in self._compiled.inputs]
         self.output_names = [p.any_name for p in self._compiled.outputs]
