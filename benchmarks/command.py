@@ -119,14 +119,12 @@ def run(args, argv: list[str], console=None) -> int:
     latents_path = partial / "latents.npy"
     np.save(latents_path, gaussian_noise(settings.seed, (1, pipeline["latent_channels"], height // factor,
                                                           width // factor), INITIAL_LATENTS_STREAM))
-    # A fresh engine cache per run: the first load compiles cold, later processes import.
-    engine_cache = partial / "engines"
     ours, missing = [], {}
     for backend in backends:
         offered = backend_module(backend).PRECISIONS
         for precision in precisions:
             if precision in offered:
-                ours.append(sdrt_engine(artifact, backend, precision, args.threads, engine_cache))
+                ours.append(sdrt_engine(artifact, backend, precision, args.threads))
             else:
                 missing[f"sdrt/{backend}/{precision}"] = f"the {backend} backend offers {', '.join(offered)}"
     theirs, peers_missing = peer_engines(peers, precisions, peer_python(args.peer_python), checkpoint,
@@ -141,8 +139,6 @@ def run(args, argv: list[str], console=None) -> int:
     except BenchmarkError as error:
         raise BenchmarkError(f"{error}\n(everything measured so far, with each worker's log, is in {partial})") \
             from None
-    finally:
-        shutil.rmtree(engine_cache, ignore_errors=True)  # gigabytes at real sizes
     reference, agreement = report.image_agreement(results)
     ratio_rows = report.ratios(results)
     header = {"date": stamp.isoformat(timespec="seconds"),

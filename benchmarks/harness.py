@@ -43,10 +43,10 @@ METRICS = {
 # What each figure measures, for the report's legend.
 DEFINITIONS = (
     "load + compile: opening the model and compiling it for the backend, in the worker that measures "
-    "everything else (first load of the run; sdrt's engine cache starts the run empty, so the first sdrt "
-    "engine on a backend compiles and writes the engines, which later ones, fp32 and bf16 alike, import); "
-    "new process: the same in a fresh process once files and caches are "
-    "warm. New process to first image: from starting the worker process to the first image "
+    "everything else (first load of the run; peers convert the checkpoint beforehand, untimed); sdrt "
+    "includes its first inference on the smallest inputs (weight repacking); new process: the same in a "
+    "fresh process once files and caches are warm. New process to first image: from starting the worker "
+    "process to the first image "
     "done (the cold start a user sees). First image: the first image after load (includes any lazy "
     "compilation); image: the measured images after warm-up, end to end (tokenize, text encoder, "
     "denoising, VAE decode). Steps per second: denoising steps over the denoising time of those images. "
@@ -126,12 +126,27 @@ def run_engines(engines: list[Engine], settings: Settings, out: Path,
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "logs").mkdir(exist_ok=True)
     results = [EngineResult(engine) for engine in engines]
+    _prepare_peers(engines, settings, out, report)
     for start in range(0, len(results), settings.together):
         _run_group(results[start:start + settings.together], settings, out, report)
     if settings.cold_start:
         for result in results:
             _cold_start(result, settings, out, report)
     return results
+
+
+def _prepare_peers(engines: list[Engine], settings: Settings, out: Path, report: Progress) -> None:
+    """Each peer's one-time conversion of the checkpoint, in a process of its own, untimed."""
+    prepared = set()
+    for engine in engines:
+        if engine.is_peer and engine.kind not in prepared:
+            prepared.add(engine.kind)
+            report(f"{engine.kind}: preparing (its own conversion of the checkpoint, once; not measured)")
+            worker = Worker.start(engine, settings, out / "logs" / f"{engine.kind}-prepare.log")
+            try:
+                worker.call("prepare")
+            finally:
+                worker.close()
 
 
 def _run_group(group: list[EngineResult], settings: Settings, out: Path, report: Progress) -> None:
@@ -255,14 +270,12 @@ class Worker:
                 self.process.wait()
 
 
-def sdrt_engine(artifact: Path, backend: str, precision: str, threads: int | None = None,
-                engine_cache: Path | None = None) -> Engine:
-    """sdrt on `backend` at `precision`, in a worker run by this interpreter; compiled engines
-    are kept in `engine_cache` (None: none)."""
+def sdrt_engine(artifact: Path, backend: str, precision: str, threads: int | None = None) -> Engine:
+    """sdrt on `backend` at `precision` in its default configuration, in a worker run by this
+    interpreter."""
     return Engine(name=f"sdrt/{backend}/{precision}", kind="sdrt", precision=precision,
                   command=(sys.executable, "-m", "sdrt.benchmarks.sdrt_worker"),
-                  spec={"artifact": str(artifact), "backend": backend, "precision": precision, "threads": threads,
-                        "engine_cache": None if engine_cache is None else str(engine_cache)})
+                  spec={"artifact": str(artifact), "backend": backend, "precision": precision, "threads": threads})
 
 
 def folder_size(path: Path) -> int:

@@ -38,8 +38,7 @@ class SdrtEngine:
         started = time.perf_counter()
         # Checksums are not verified: none of the peers verifies its files at load either.
         self.pipeline = load(self.spec["artifact"], self.spec["backend"], precision=self.spec["precision"],
-                             num_threads=self.spec.get("threads"), verify_checksums=False,
-                             engine_cache=self.spec.get("engine_cache") or False)
+                             num_threads=self.spec.get("threads"), verify_checksums=False)
         return {"load_s": time.perf_counter() - started, "peak_rss_bytes": self.memory.take(),
                 "sizes": self._sizes()}
 

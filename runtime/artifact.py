@@ -21,6 +21,7 @@ class Component:
     precision: str
     entry: dict  # the manifest entry, as written
     checksums: tuple[str, ...] = ()  # SHA-256 of the component's files, from the manifest
+    files: tuple[Path, ...] = ()  # every file of the component (the .onnx and its external data)
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,7 @@ class Artifact:
         entry = entries[name]
         checksums = tuple(self.manifest["files"][relative]["sha256"] for relative in entry["files"])
         return Component(ComponentSpec.from_json(name, entry), self.root / entry["path"], entry["precision"], entry,
-                         checksums)
+                         checksums, tuple(self.root / relative for relative in entry["files"]))
 
     def component_for_role(self, role: str) -> Component:
         for name, entry in self.manifest["components"].items():

@@ -98,9 +98,10 @@ def _engine_arguments(parser: argparse.ArgumentParser) -> None:
                         help="sampler (default: the checkpoint's own scheduler)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
     cache = parser.add_mutually_exclusive_group()
-    cache.add_argument("--engine-cache", default=None, metavar="DIR",
-                       help="where compiled engines are kept so the next load skips compilation (openvino; "
-                            "default: $SDRT_CACHE/engines, else ~/.cache/sdrt/engines)")
+    cache.add_argument("--engine-cache", nargs="?", const=True, default=None, metavar="DIR",
+                       help="keep compiled engines so the next load skips compilation (openvino), in DIR or "
+                            "by default in $SDRT_CACHE/engines, else ~/.cache/sdrt/engines (default: on for "
+                            "gpu and npu, off on the cpu, where it costs resident memory)")
     cache.add_argument("--no-engine-cache", action="store_true", help="compile on every load and keep nothing")
 
 
@@ -113,7 +114,7 @@ def _load(args):
             artifact = demo_artifact()
         except FileNotFoundError as error:
             raise CommandError(str(error)) from None
-    engine_cache = False if args.no_engine_cache else (args.engine_cache or True)
+    engine_cache = False if args.no_engine_cache else args.engine_cache
     return sdrt.load(artifact, backend=args.backend, device=args.device, precision=args.precision,
                      num_threads=args.threads, engine_cache=engine_cache)
 

@@ -1,8 +1,11 @@
 """Compiled-engine cache: OpenVINO exports each compiled network once and imports it on later
-loads; the folder is keyed by the component's checksums, the backend's version and the device."""
+loads; the folder is keyed by the component's checksums, the backend's version and the device.
+And the weight files a backend maps, dropped from the process once repacked."""
 from __future__ import annotations
 
 import dataclasses
+import mmap
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +13,7 @@ import pytest
 
 import sdrt
 from sdrt.runtime.artifact import open_artifact
+from sdrt.runtime.backends import mapped
 from sdrt.runtime.cache import engine_folder
 
 REQUEST = dict(prompt="a red circle", num_inference_steps=3, seed=7, height=64, width=64)
@@ -41,7 +45,9 @@ def test_openvino_compiles_once_and_reuses_the_engines(tiny_artifact, tmp_path):
 def test_the_default_cache_follows_sdrt_cache(tiny_artifact, tmp_path, monkeypatch):
     pytest.importorskip("openvino")
     monkeypatch.setenv("SDRT_CACHE", str(tmp_path / "root"))
-    sdrt.load(tiny_artifact, "openvino")
+    sdrt.load(tiny_artifact, "openvino")  # the default on the CPU: no cache
+    assert not (tmp_path / "root").exists()
+    sdrt.load(tiny_artifact, "openvino", engine_cache=True)
     assert any((tmp_path / "root" / "engines" / "openvino").rglob("*.blob"))
 
 
@@ -50,7 +56,7 @@ def test_an_unusable_default_cache_is_skipped_but_a_named_one_is_an_error(tiny_a
     blocker.write_text("not a folder")
     monkeypatch.setenv("SDRT_CACHE", str(blocker))
     backend = "openvino" if "openvino" in sdrt.available_backends() else "onnxruntime"
-    sdrt.load(tiny_artifact, backend)  # the default location cannot be made: runs without a cache
+    sdrt.load(tiny_artifact, backend, engine_cache=True)  # the default location cannot be made: no cache
     with pytest.raises(sdrt.RequestError, match="no-engine-cache"):
         sdrt.load(tiny_artifact, backend, engine_cache=blocker)
 
@@ -93,7 +99,9 @@ def test_the_cli_flags_choose_the_cache(tmp_path, monkeypatch):
     assert main([*common, "--engine-cache", str(tmp_path / "named")]) == 0
     assert any((tmp_path / "named" / "openvino").rglob("*.blob"))
     assert not any((tmp_path / "default").rglob("*.blob"))
-    assert main(common) == 0
+    assert main(common) == 0  # the CPU's default: no cache
+    assert not any((tmp_path / "default").rglob("*.blob"))
+    assert main([*common, "--engine-cache"]) == 0
     assert any((tmp_path / "default" / "engines" / "openvino").rglob("*.blob"))
 
 
@@ -106,3 +114,31 @@ def test_a_damaged_engine_is_recompiled(tiny_artifact, tmp_path):
         blob.write_bytes(blob.read_bytes()[: blob.stat().st_size // 2])
     again = sdrt.load(tiny_artifact, "openvino", engine_cache=cache)
     np.testing.assert_array_equal(np.asarray(again(**REQUEST).images[0]), image)
+
+
+def resident_bytes(path: Path) -> int:
+    """Bytes of `path` resident in this process's mappings (Linux smaps)."""
+    total, inside = 0, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        fields = line.split()
+        if "-" in fields[0] and len(fields) >= 5 and not fields[0].endswith(":"):
+            inside = len(fields) >= 6 and fields[5] == str(path.resolve())
+        elif inside and fields[0] == "Rss:":
+            total += int(fields[1]) * 1024
+    return total
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="dropping mapped pages is done on Linux only")
+def test_released_pages_leave_the_process_but_not_the_data(tmp_path):
+    path = tmp_path / "weights.bin"
+    content = np.random.default_rng(0).integers(0, 255, size=8 << 20, dtype=np.uint8).tobytes()
+    path.write_bytes(content)
+    with open(path, "rb") as file, mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as view:
+        assert view[:] == content  # every page touched
+        assert resident_bytes(path) >= len(content)
+        ranges = mapped.mapped_ranges({path})
+        assert sum(length for _, length in ranges) >= len(content)
+        assert mapped.release(ranges) >= len(content)
+        assert resident_bytes(path) < len(content) // 8
+        assert view[:] == content  # read back from the file
+    assert mapped.mapped_ranges({tmp_path / "other.bin"}) == []
