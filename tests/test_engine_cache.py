@@ -116,18 +116,6 @@ def test_a_damaged_engine_is_recompiled(tiny_artifact, tmp_path):
     np.testing.assert_array_equal(np.asarray(again(**REQUEST).images[0]), image)
 
 
-def resident_bytes(path: Path) -> int:
-    """Bytes of `path` resident in this process's mappings (Linux smaps)."""
-    total, inside = 0, False
-    for line in Path("/proc/self/smaps").read_text().splitlines():
-        fields = line.split()
-        if "-" in fields[0] and len(fields) >= 5 and not fields[0].endswith(":"):
-            inside = len(fields) >= 6 and fields[5] == str(path.resolve())
-        elif inside and fields[0] == "Rss:":
-            total += int(fields[1]) * 1024
-    return total
-
-
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="dropping mapped pages is done on Linux only")
 def test_released_pages_leave_the_process_but_not_the_data(tmp_path):
     path = tmp_path / "weights.bin"
@@ -135,10 +123,10 @@ def test_released_pages_leave_the_process_but_not_the_data(tmp_path):
     path.write_bytes(content)
     with open(path, "rb") as file, mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as view:
         assert view[:] == content  # every page touched
-        assert resident_bytes(path) >= len(content)
+        assert mapped.resident_bytes(path) >= len(content)
         ranges = mapped.mapped_ranges({path})
         assert sum(length for _, length in ranges) >= len(content)
         assert mapped.release(ranges) >= len(content)
-        assert resident_bytes(path) < len(content) // 8
+        assert mapped.resident_bytes(path) < len(content) // 8
         assert view[:] == content  # read back from the file
     assert mapped.mapped_ranges({tmp_path / "other.bin"}) == []

@@ -10,9 +10,8 @@ import numpy as np
 import pytest
 
 from sdrt.models.components import random_feeds
-from test_engine_cache import resident_bytes
 from sdrt.runtime.artifact import open_artifact
-from sdrt.runtime.backends import BACKENDS, SessionOptions, backend_module
+from sdrt.runtime.backends import BACKENDS, SessionOptions, backend_module, mapped
 
 torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.full_size
@@ -72,7 +71,7 @@ def test_unet_step_at_256_matches_pytorch(sd15, unet_reference, backend):
     if backend == "openvino":
         # The mapped fp32 weights were dropped from the process once OpenVINO had repacked them,
         # and running at another shape did not read them back.
-        assert resident_bytes(data) < 0.02 * data.stat().st_size
+        assert mapped.resident_bytes(data) < 0.02 * data.stat().st_size
     del session
     gc.collect()
     assert got.shape == (2, 4, 32, 32)

@@ -18,6 +18,7 @@ import threading
 from pathlib import Path
 
 MAPS = Path("/proc/self/maps")
+SMAPS = Path("/proc/self/smaps")
 MADV_DONTNEED = 4
 
 
@@ -36,6 +37,20 @@ def mapped_ranges(files: set[Path]) -> list[tuple[int, int]]:
             start, end = (int(value, 16) for value in fields[0].split("-"))
             ranges.append((start, end - start))
     return ranges
+
+
+def resident_bytes(path: Path) -> int:
+    """Bytes of `path` resident in this process's mappings (0 where smaps is not available)."""
+    if not SMAPS.exists():
+        return 0
+    name, total, inside = str(Path(path).resolve()), 0, False
+    for line in SMAPS.read_text().splitlines():
+        fields = line.split()
+        if fields and "-" in fields[0] and not fields[0].endswith(":"):  # a mapping's header line
+            inside = len(fields) >= 6 and fields[5] == name
+        elif inside and fields[0] == "Rss:":
+            total += int(fields[1]) * 1024
+    return total
 
 
 def release(ranges: list[tuple[int, int]]) -> int:
