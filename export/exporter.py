@@ -18,7 +18,9 @@ from pathlib import Path
 from ..models import components as descriptors
 from ..models.components import random_feeds
 from ..models.manifest import FORMAT, MANIFEST_NAME, SCHEMA_VERSION, sha256_file
+from ..runtime.plan_file import PLAN_FILE, write_plan_file
 from .onnx_export import OPSET, component_modules, export_component
+from .openvino_tokenizer import write_openvino_tokenizer
 from .source import ExportError, resolve_checkpoint
 
 # progress(done, total, what is being done now)
@@ -121,8 +123,10 @@ def _export_into(folder: Path, description: str, target: Path, verify: bool, rep
         }
     del modules, text_encoder, unet, vae
 
-    report(total - 1, total, "copying the tokenizer")
+    report(total - 1, total, "copying and converting the tokenizer, compiling sampler plans")
     tokenizer = _copy_tokenizer(folder / "tokenizer", target / "tokenizer", max_length)
+    tokenizer["files"].update(write_openvino_tokenizer(target / "tokenizer", tokenizer["max_length"]))
+    write_plan_file(target, scheduler_config)
 
     report(total, total, "writing the manifest")
     prediction = scheduler_config.get("prediction_type", "epsilon")
@@ -141,6 +145,7 @@ def _export_into(folder: Path, description: str, target: Path, verify: bool, rep
             "scheduler": scheduler_config,
         },
         "tokenizers": [tokenizer],
+        "sampler_plans": PLAN_FILE,
         "components": entries,
         "files": _checksums(target),
         "exporter": {
@@ -197,7 +202,8 @@ def _checksums(root: Path) -> dict:
 
 def _versions() -> dict:
     versions = {}
-    for package in ("sdrt", "torch", "diffusers", "transformers", "onnx", "onnxscript", "onnxruntime"):
+    for package in ("sdrt", "torch", "diffusers", "transformers", "onnx", "onnxscript", "onnxruntime", "openvino",
+                    "openvino-tokenizers"):
         try:
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:

@@ -21,20 +21,10 @@ from .cache import default_engine_cache
 from .errors import ArtifactError, RequestError
 from .loop import run_plan
 from .noise import INITIAL_LATENTS_STREAM, gaussian_noise, step_noise_stream
-from .samplers import SamplerPlan, compile_plan
+from .samplers import SamplerPlan, compile_plan, default_sampler
 from .tokenizer import ClipTokenizer
 
 OUTPUT_TYPES = ("pil", "np", "latent")
-# diffusers scheduler class -> the sampler that reproduces it
-_SAMPLER_OF_CLASS = {
-    "PNDMScheduler": "pndm",
-    "DDIMScheduler": "ddim",
-    "EulerDiscreteScheduler": "euler",
-    "EulerAncestralDiscreteScheduler": "euler_a",
-    "DPMSolverMultistepScheduler": "dpmpp_2m",
-    "LCMScheduler": "lcm",
-}
-
 # callback(step_index, timestep, latents) after each denoising step
 StepCallback = Callable[[int, float, np.ndarray], None]
 
@@ -110,11 +100,7 @@ class StableDiffusionPipeline:
 
     @property
     def default_sampler(self) -> str:
-        config = self.artifact.pipeline["scheduler"]
-        sampler = _SAMPLER_OF_CLASS.get(config.get("_class_name"), "pndm")
-        if sampler == "dpmpp_2m" and config.get("use_karras_sigmas"):
-            sampler = "dpmpp_2m_karras"
-        return sampler
+        return default_sampler(self.artifact.pipeline["scheduler"])
 
     def plan(self, num_inference_steps: int, scheduler: str | None = None) -> SamplerPlan:
         """The sampler plan a request with these settings runs (one UNet call per step)."""

@@ -25,6 +25,15 @@ import numpy as np
 from .errors import RequestError
 
 SAMPLERS = ("ddim", "pndm", "euler", "euler_a", "dpmpp_2m", "dpmpp_2m_karras", "lcm")
+# diffusers scheduler class -> the sampler that reproduces it
+_SAMPLER_OF_CLASS = {
+    "PNDMScheduler": "pndm",
+    "DDIMScheduler": "ddim",
+    "EulerDiscreteScheduler": "euler",
+    "EulerAncestralDiscreteScheduler": "euler_a",
+    "DPMSolverMultistepScheduler": "dpmpp_2m",
+    "LCMScheduler": "lcm",
+}
 _SIGMA_SAMPLERS = ("euler", "euler_a", "dpmpp_2m", "dpmpp_2m_karras")  # work in sigma = sqrt((1 - a) / a)
 
 # Each sampler's diffusers defaults for the keys a checkpoint's scheduler config may omit.
@@ -89,6 +98,14 @@ class _Linear:
 
     def __init__(self, x: float, out: float):
         self.x, self.out = x, out
+
+
+def default_sampler(scheduler_config: dict) -> str:
+    """The sampler that reproduces a checkpoint's own diffusers scheduler (pndm when unknown)."""
+    sampler = _SAMPLER_OF_CLASS.get(scheduler_config.get("_class_name"), "pndm")
+    if sampler == "dpmpp_2m" and scheduler_config.get("use_karras_sigmas"):
+        sampler = "dpmpp_2m_karras"
+    return sampler
 
 
 def compile_plan(sampler: str, scheduler_config: dict, num_inference_steps: int) -> SamplerPlan:

@@ -1,4 +1,4 @@
-"""The `sdrt` command: export, info, generate, eval, bench."""
+"""The `sdrt` command: export, info, plan, generate, eval, bench."""
 from __future__ import annotations
 
 import argparse
@@ -48,6 +48,19 @@ def _parser() -> argparse.ArgumentParser:
                                            "against their checksums, then list its components.")
     info.add_argument("artifact", help="the artifact folder")
     info.add_argument("--json", action="store_true", help="print the manifest as JSON instead of a summary")
+
+    plan = commands.add_parser(
+        "plan", help="add sampler plans to an artifact for C++ hosts",
+        description="Compile sampler plans (the timesteps and update coefficients of a scheduler, as plain data) "
+                    "for the artifact's scheduler config and add them to its sampler_plans.json, which C++ hosts "
+                    "read; `sdrt export` already stores every sampler at 1-6, 8, 10, 15, 20, 25, 30, 40 and 50 "
+                    "steps. With -o, write one plan to a file instead.")
+    plan.add_argument("artifact", help="the artifact folder")
+    plan.add_argument("--scheduler", nargs="+", required=True, choices=list(SAMPLERS), metavar="NAME",
+                      help=f"samplers to compile: {', '.join(SAMPLERS)}")
+    plan.add_argument("--steps", nargs="+", type=int, required=True, metavar="N", help="step counts to compile")
+    plan.add_argument("-o", "--output", default=None,
+                      help="write the plan (one scheduler, one step count) to this JSON file instead")
 
     generate = commands.add_parser("generate", help="generate images from a prompt",
                                    description="Text-to-image on an artifact folder, or on the embedded demo "
@@ -129,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
             return _export(args)
         if args.command == "info":
             return _info(args)
+        if args.command == "plan":
+            return _plan(args)
         if args.command == "eval":
             return _evaluate(args)
         return _generate(args)
@@ -201,6 +216,12 @@ def _info(args) -> int:
           f"latents {pipeline['latent_channels']}ch x1/{pipeline['vae_scale_factor']}  "
           f"default {width}x{height}  size step {pipeline.get('size_multiple', pipeline['vae_scale_factor'])}")
     print(f"scheduler  {pipeline['scheduler'].get('_class_name', '?')}  source {manifest['exporter'].get('source')}")
+    if manifest.get("sampler_plans"):
+        plans = json.loads(artifact.file(manifest["sampler_plans"]).read_text(encoding="utf-8"))
+        stored = ", ".join(f"{name} ({len(by_steps)})" for name, by_steps in plans["plans"].items())
+        print(f"plans      {manifest['sampler_plans']}: {stored}; default {plans['default_sampler']}")
+    else:
+        print("plans      none stored (C++ hosts need them: `sdrt plan` adds them)")
     for name, entry in manifest["components"].items():
         size = sum(manifest["files"][f]["size"] for f in entry["files"])
         diff = entry.get("max_abs_diff_vs_torch")
@@ -213,6 +234,26 @@ def _info(args) -> int:
                 print(f"  {kind[:-1]:6} {tensor['name']:24} {tensor['dtype']:8} [{shape}]")
         for relative in entry["files"]:
             print(f"  file   {relative}  sha256 {manifest['files'][relative]['sha256'][:16]}...")
+    return 0
+
+
+def _plan(args) -> int:
+    from sdrt.runtime.artifact import open_artifact
+    from sdrt.runtime.plan_file import add_plans
+    from sdrt.runtime.samplers import compile_plan
+
+    if args.output is None:
+        open_artifact(args.artifact, verify_checksums=False)  # refuses what is not an artifact, with the reason
+        for name in add_plans(args.artifact, args.scheduler, args.steps):
+            print(f"added {name}")
+        return 0
+    if len(args.scheduler) != 1 or len(args.steps) != 1:
+        raise CommandError("With -o, name one --scheduler and one --steps: a plan file holds one plan.")
+    artifact = open_artifact(args.artifact, verify_checksums=False)
+    plan = compile_plan(args.scheduler[0], artifact.pipeline["scheduler"], args.steps[0])
+    document = {**plan.to_json(), "num_inference_steps": args.steps[0]}
+    Path(args.output).write_text(json.dumps(document, indent=1), encoding="utf-8")
+    print(f"wrote {args.output}")
     return 0
 
 

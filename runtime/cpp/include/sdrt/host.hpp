@@ -1,0 +1,93 @@
+// sdrt C++ host: text-to-image from an sdrt artifact folder with the OpenVINO C++ API.
+//
+// The host reads only the artifact's manifest (sdrt.json) and the files it names: the ONNX
+// text encoder, UNet and VAE decoder, the OpenVINO tokenizer model and the sampler plans.
+// Seeds drive the same portable generator as sdrt's Python runtime (Philox4x32-10 +
+// Box-Muller), so one seed gives the same image in Python and C++.
+//
+//     sdrt::Pipeline pipe("sd15-onnx");
+//     sdrt::Request request;
+//     request.prompt = "a castle on a hill";
+//     request.steps = 20;
+//     request.seed = 42;
+//     sdrt::write_png("castle.png", pipe.generate(request));
+//
+// Every failure (a bad artifact, a bad request, an OpenVINO error) throws sdrt::Error with a
+// message that says what to do.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace sdrt {
+
+class Error : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+struct HostOptions {
+  std::string device = "CPU";       // an OpenVINO device name: CPU, GPU, NPU
+  std::string precision = "f32";    // OpenVINO's INFERENCE_PRECISION_HINT: f32 or bf16
+  std::string tokenizers_extension; // libopenvino_tokenizers; empty: $SDRT_TOKENIZERS_EXTENSION, else the build's
+  bool verify_checksums = true;     // check every file's SHA-256 against the manifest when opening
+};
+
+struct Request {
+  std::string prompt;
+  std::string negative_prompt;
+  int steps = 20;               // with plan_file: 0 takes the plan's step count
+  float guidance = 7.5f;       // classifier-free guidance; <= 1 runs the UNet without the negative branch
+  std::uint64_t seed = 0;
+  std::string scheduler;       // ddim, pndm, euler, euler_a, dpmpp_2m, dpmpp_2m_karras, lcm; empty: the model's own
+  int width = 0, height = 0;   // pixels; 0: the model's default size
+  std::string plan_file;       // a plan written by `sdrt plan ... -o FILE`; empty: the artifact's stored plans
+};
+
+struct Image {
+  int width = 0, height = 0;
+  std::vector<std::uint8_t> rgb;  // height * width * 3 bytes, row by row
+};
+
+struct Timings {
+  double text_encoder = 0, denoising = 0, vae_decoder = 0, total = 0;  // seconds
+  std::vector<double> steps;
+};
+
+// on_step(step_index, step_count) after every denoising step
+using StepCallback = std::function<void(int, int)>;
+
+class Pipeline {
+ public:
+  // Opens the artifact: checks the manifest (format, schema version) and every file it lists
+  // (present, size, SHA-256), then compiles the networks on the device.
+  explicit Pipeline(const std::string& artifact_folder, const HostOptions& options = {});
+  ~Pipeline();
+  Pipeline(Pipeline&&) noexcept;
+  Pipeline& operator=(Pipeline&&) noexcept;
+
+  Image generate(const Request& request, const StepCallback& on_step = {});
+  const Timings& last_timings() const;
+  double load_seconds() const;
+  std::string default_scheduler() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+// Standard-normal float32 noise: the first `count` values of stream `stream` for `seed`,
+// equal to sdrt.runtime.noise.gaussian_noise (stream 0: initial latents; 1 + k: step k's noise).
+std::vector<float> gaussian_noise(std::uint64_t seed, std::size_t count, std::uint64_t stream);
+
+// An 8-bit RGB PNG (uncompressed deflate blocks; no library needed).
+void write_png(const std::string& path, const Image& image);
+
+// Hex SHA-256 of a file, as the manifest records it.
+std::string sha256_file(const std::string& path);
+
+}  // namespace sdrt

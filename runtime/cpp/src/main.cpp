@@ -1,0 +1,146 @@
+// sdrt-host: the command-line front of the C++ host library (include/sdrt/host.hpp).
+#include <charconv>
+#include <cstdio>
+#include <cstring>
+#include <iostream>
+#include <map>
+#include <string>
+
+#include "sdrt/host.hpp"
+
+namespace {
+
+const char* kUsage = R"(usage:
+  sdrt-host generate --artifact DIR --prompt TEXT [options] -o out.png
+  sdrt-host noise --seed S --count N [--stream K]
+
+generate options:
+  --negative TEXT         what the image should not show (default: empty)
+  --steps N               denoising steps (default 20; with --plan, the plan's)
+  --guidance G            classifier-free guidance scale; <= 1 turns it off (default 7.5)
+  --seed S                seed of the portable noise generator (default 0)
+  --scheduler NAME        ddim, pndm, euler, euler_a, dpmpp_2m, dpmpp_2m_karras, lcm (default: the model's own)
+  --size WxH              image size in pixels (default: the model's)
+  --plan FILE             run the sampler plan written by `sdrt plan ARTIFACT ... -o FILE`
+                          (default: the artifact's plan for --scheduler and --steps)
+  --device NAME           OpenVINO device: CPU, GPU, NPU (default CPU)
+  --precision P           f32 or bf16 (default f32)
+  --tokenizers-extension PATH
+                          libopenvino_tokenizers (default: $SDRT_TOKENIZERS_EXTENSION, else the one found
+                          when the host was built)
+  --no-verify             skip the SHA-256 check of the artifact's files
+  -o, --output FILE       PNG file to write (default sdrt.png)
+
+noise prints the first N values of the seeded normal stream, one per line (for checking a port).
+)";
+
+struct Usage : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+template <typename T>
+T parse_number(const std::string& flag, const std::string& text) {
+  T value{};
+  auto [end, error] = std::from_chars(text.data(), text.data() + text.size(), value);
+  if (error != std::errc() || end != text.data() + text.size()) {
+    throw Usage(flag + " takes a number, got \"" + text + "\".");
+  }
+  return value;
+}
+
+std::map<std::string, std::string> parse_flags(int argc, char** argv, int first) {
+  static const std::map<std::string, bool> known = {
+      {"--artifact", true}, {"--prompt", true}, {"--negative", true}, {"--steps", true}, {"--guidance", true},
+      {"--seed", true}, {"--scheduler", true}, {"--size", true}, {"--plan", true}, {"--device", true},
+      {"--precision", true}, {"--tokenizers-extension", true}, {"--no-verify", false}, {"-o", true},
+      {"--output", true}, {"--count", true}, {"--stream", true}};
+  std::map<std::string, std::string> flags;
+  for (int i = first; i < argc; ++i) {
+    std::string flag = argv[i];
+    auto it = known.find(flag);
+    if (it == known.end()) throw Usage("unknown option " + flag + ".");
+    if (flag == "--output") flag = "-o";
+    if (!it->second) {
+      flags[flag] = "1";
+    } else if (i + 1 < argc) {
+      flags[flag] = argv[++i];
+    } else {
+      throw Usage(flag + " needs a value.");
+    }
+  }
+  return flags;
+}
+
+int generate(const std::map<std::string, std::string>& flags) {
+  auto get = [&](const std::string& flag, const std::string& fallback) {
+    auto it = flags.find(flag);
+    return it == flags.end() ? fallback : it->second;
+  };
+  if (!flags.count("--artifact")) throw Usage("generate needs --artifact DIR.");
+  if (!flags.count("--prompt")) throw Usage("generate needs --prompt TEXT.");
+  sdrt::HostOptions options;
+  options.device = get("--device", "CPU");
+  options.precision = get("--precision", "f32");
+  options.tokenizers_extension = get("--tokenizers-extension", "");
+  options.verify_checksums = !flags.count("--no-verify");
+  sdrt::Request request;
+  request.prompt = get("--prompt", "");
+  request.negative_prompt = get("--negative", "");
+  request.plan_file = get("--plan", "");
+  request.steps = parse_number<int>("--steps", get("--steps", request.plan_file.empty() ? "20" : "0"));
+  request.guidance = parse_number<float>("--guidance", get("--guidance", "7.5"));
+  request.seed = parse_number<std::uint64_t>("--seed", get("--seed", "0"));
+  request.scheduler = get("--scheduler", "");
+  if (flags.count("--size")) {
+    std::string size = get("--size", "");
+    auto x = size.find_first_of("xX");
+    if (x == std::string::npos) throw Usage("--size must look like 512x512 (WIDTHxHEIGHT), got \"" + size + "\".");
+    request.width = parse_number<int>("--size", size.substr(0, x));
+    request.height = parse_number<int>("--size", size.substr(x + 1));
+  }
+  std::string output = get("-o", "sdrt.png");
+
+  sdrt::Pipeline pipeline(get("--artifact", ""), options);
+  sdrt::Image image = pipeline.generate(request);
+  sdrt::write_png(output, image);
+  const sdrt::Timings& t = pipeline.last_timings();
+  std::printf("wrote %s (%dx%d, seed %llu)\n", output.c_str(), image.width, image.height,
+              static_cast<unsigned long long>(request.seed));
+  std::printf("seconds: load %.3f  text_encoder %.3f  denoising %.3f (%zu steps)  vae_decoder %.3f  total %.3f\n",
+              pipeline.load_seconds(), t.text_encoder, t.denoising, t.steps.size(), t.vae_decoder, t.total);
+  return 0;
+}
+
+int noise(const std::map<std::string, std::string>& flags) {
+  if (!flags.count("--seed") || !flags.count("--count")) throw Usage("noise needs --seed S and --count N.");
+  auto seed = parse_number<std::uint64_t>("--seed", flags.at("--seed"));
+  auto n = parse_number<std::size_t>("--count", flags.at("--count"));
+  std::uint64_t stream = flags.count("--stream") ? parse_number<std::uint64_t>("--stream", flags.at("--stream")) : 0;
+  for (float value : sdrt::gaussian_noise(seed, n, stream)) std::printf("%.9g\n", static_cast<double>(value));
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2 || std::strcmp(argv[1], "--help") == 0 || std::strcmp(argv[1], "-h") == 0) {
+    std::fputs(kUsage, argc < 2 ? stderr : stdout);
+    return argc < 2 ? 2 : 0;
+  }
+  std::string command = argv[1];
+  try {
+    auto flags = parse_flags(argc, argv, 2);
+    if (command == "generate") return generate(flags);
+    if (command == "noise") return noise(flags);
+    throw Usage("unknown command " + command + "; use generate or noise.");
+  } catch (const Usage& error) {
+    std::cerr << "sdrt-host: error: " << error.what() << "\n" << kUsage;
+    return 2;
+  } catch (const sdrt::Error& error) {
+    std::cerr << "sdrt-host: error: " << error.what() << "\n";
+    return 1;
+  } catch (const std::exception& error) {
+    std::cerr << "sdrt-host: error: " << error.what() << "\n";
+    return 1;
+  }
+}

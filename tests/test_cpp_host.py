@@ -1,0 +1,175 @@
+"""The C++ host (runtime/cpp) built with CMake against OpenVINO's C++ API and run on artifacts.
+
+Oracle: the Python runtime on the openvino backend in fp32, with the same artifact, prompt,
+seed and sampler; the noise generator against runtime/noise.py; the demo model's checker.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sdrt.models.demo import demo_artifact
+from sdrt.models.demo.checker import read_scene
+from sdrt.models.demo.evaluation import load_evaluation_prompts
+from sdrt.runtime.noise import gaussian_noise
+
+pytest.importorskip("openvino")
+pytest.importorskip("openvino_tokenizers")
+SOURCE = Path(__file__).resolve().parents[1] / "runtime" / "cpp"
+PROMPT, NEGATIVE = "a red circle on a blue background", "green"
+
+
+@pytest.fixture(scope="session")
+def host(tmp_path_factory) -> Path:
+    """The sdrt-host program, built the way the README says."""
+    if shutil.which("cmake") is None or shutil.which("c++") is None:
+        pytest.skip("building the C++ host needs cmake and a C++17 compiler")
+    build = tmp_path_factory.mktemp("host-build")
+    for command in (["cmake", "-S", str(SOURCE), "-B", str(build), f"-DPython3_EXECUTABLE={sys.executable}"],
+                    ["cmake", "--build", str(build), "-j2"]):
+        done = subprocess.run(command, capture_output=True, text=True)
+        assert done.returncode == 0, done.stdout + done.stderr
+    return build / "sdrt-host"
+
+
+def run_host(host: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(host), *args], capture_output=True, text=True, timeout=600)
+
+
+def host_image(host: Path, artifact: Path, out: Path, *, prompt=PROMPT, negative=NEGATIVE, steps=10, guidance=5.0,
+               seed=7, scheduler=None, size=None, extra=()) -> np.ndarray:
+    from PIL import Image
+
+    args = ["generate", "--artifact", str(artifact), "--prompt", prompt, "--negative", negative, "--steps",
+            str(steps), "--guidance", str(guidance), "--seed", str(seed), "-o", str(out), *extra]
+    if scheduler:
+        args += ["--scheduler", scheduler]
+    if size:
+        args += ["--size", size]
+    done = run_host(host, *args)
+    assert done.returncode == 0, done.stderr
+    return np.asarray(Image.open(out).convert("RGB"))
+
+
+def python_image(pipe, *, prompt=PROMPT, negative=NEGATIVE, steps=10, guidance=5.0, seed=7, scheduler=None,
+                 size=None) -> np.ndarray:
+    width, height = size if size else (None, None)
+    result = pipe(prompt, negative_prompt=negative, num_inference_steps=steps, guidance_scale=guidance, seed=seed,
+                  scheduler=scheduler, width=width, height=height)
+    return np.asarray(result.images[0])
+
+
+@pytest.mark.parametrize("seed,stream", [(0, 0), (42, 3), (2**40 + 5, 2**33 + 1), (2**64 - 1, 0)])
+def test_noise_matches_the_python_generator(host, seed, stream):
+    done = run_host(host, "noise", "--seed", str(seed), "--count", "1001", "--stream", str(stream))
+    assert done.returncode == 0, done.stderr
+    values = np.array([float(line) for line in done.stdout.split()], dtype=np.float32)
+    np.testing.assert_array_equal(values, gaussian_noise(seed, (1001,), stream))
+
+
+@pytest.fixture(scope="module", params=["demo", "tiny"])
+def artifact_and_pipe(request, tiny_artifact):
+    import sdrt
+
+    artifact = demo_artifact() if request.param == "demo" else tiny_artifact
+    return artifact, sdrt.load(artifact, backend="openvino", precision="fp32")
+
+
+@pytest.mark.parametrize("scheduler", ["ddim", "euler", "dpmpp_2m", "euler_a"])
+def test_image_matches_the_python_runtime(host, artifact_and_pipe, scheduler, tmp_path):
+    artifact, pipe = artifact_and_pipe
+    size = None if artifact == demo_artifact() else (64, 48)  # tiny: a non-square size
+    cpp = host_image(host, artifact, tmp_path / "cpp.png", scheduler=scheduler,
+                     size=None if size is None else f"{size[0]}x{size[1]}")
+    python = python_image(pipe, scheduler=scheduler, size=size)
+    assert cpp.shape == python.shape
+    difference = np.abs(cpp.astype(np.int16) - python.astype(np.int16))
+    assert difference.mean() <= 1.0, f"mean abs difference {difference.mean():.3f}/255"
+    assert python.std() > 1  # not a blank image, which would match anything
+
+
+def test_guidance_off_and_the_default_scheduler_match(host, artifact_and_pipe, tmp_path):
+    artifact, pipe = artifact_and_pipe
+    cpp = host_image(host, artifact, tmp_path / "cpp.png", guidance=1.0, steps=4, seed=123)
+    python = python_image(pipe, guidance=1.0, steps=4, seed=123)
+    assert np.abs(cpp.astype(np.int16) - python.astype(np.int16)).mean() <= 1.0
+
+
+def test_checker_reads_the_cpp_images_as_the_python_ones(host, tmp_path):
+    import sdrt
+
+    pipe = sdrt.load(demo_artifact(), backend="openvino", precision="fp32")
+    for entry in load_evaluation_prompts()[:6]:
+        kwargs = dict(prompt=entry["prompt"], negative="", steps=20, guidance=7.5, seed=1)
+        cpp = host_image(host, demo_artifact(), tmp_path / "cpp.png", **kwargs)
+        assert read_scene(cpp) == read_scene(python_image(pipe, **kwargs)), entry["prompt"]
+
+
+def test_a_plan_file_runs_a_step_count_the_artifact_lacks(host, tmp_path):
+    import sdrt
+    from sdrt.cli import main
+
+    plan = tmp_path / "plan.json"
+    # pndm: its plan has one more UNet call than its step count
+    assert main(["plan", str(demo_artifact()), "--scheduler", "pndm", "--steps", "7", "-o", str(plan)]) == 0
+    done = run_host(host, "generate", "--artifact", str(demo_artifact()), "--prompt", PROMPT, "--steps", "7",
+                    "--scheduler", "pndm", "-o", str(tmp_path / "x.png"))
+    assert done.returncode == 1 and "no pndm plan for 7 steps" in done.stderr and "sdrt plan" in done.stderr
+    cpp = host_image(host, demo_artifact(), tmp_path / "cpp.png", steps=7, scheduler="pndm",
+                     extra=("--plan", str(plan)))
+    python = python_image(sdrt.load(demo_artifact(), backend="openvino"), steps=7, scheduler="pndm")
+    assert np.abs(cpp.astype(np.int16) - python.astype(np.int16)).mean() <= 1.0
+    assert "plan of 7 steps" in _refusal(host, demo_artifact(), tmp_path, "--plan", str(plan))  # it asks for 4
+
+
+def _copy(tmp_path: Path) -> Path:
+    return shutil.copytree(demo_artifact(), tmp_path / "artifact")
+
+
+def _refusal(host: Path, artifact: Path, tmp_path: Path, *extra: str) -> str:
+    out = tmp_path / "refused.png"
+    done = run_host(host, "generate", "--artifact", str(artifact), "--prompt", PROMPT, "--steps", "4",
+                    "-o", str(out), *extra)
+    assert done.returncode != 0
+    assert not out.exists() and not Path(f"{out}.partial").exists()
+    return done.stderr
+
+
+def test_refuses_a_newer_manifest_schema(host, tmp_path):
+    folder = _copy(tmp_path)
+    manifest = json.loads((folder / "sdrt.json").read_text())
+    manifest["schema_version"] = 2
+    (folder / "sdrt.json").write_text(json.dumps(manifest))
+    assert "schema version 2" in _refusal(host, folder, tmp_path)
+
+
+def test_refuses_missing_and_corrupt_files(host, tmp_path):
+    folder = _copy(tmp_path)
+    (folder / "vae_decoder" / "model.onnx").unlink()
+    assert "vae_decoder/model.onnx is missing" in _refusal(host, folder, tmp_path)
+
+    folder = shutil.copytree(demo_artifact(), tmp_path / "corrupt")
+    weights = folder / "unet" / "model.onnx"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size, different bytes
+    weights.write_bytes(bytes(data))
+    assert "does not match its SHA-256" in _refusal(host, folder, tmp_path)
+
+
+def test_refuses_paths_outside_the_artifact_and_bad_requests(host, tmp_path):
+    folder = _copy(tmp_path)
+    manifest = json.loads((folder / "sdrt.json").read_text())
+    manifest["files"]["../outside.bin"] = {"sha256": "0" * 64, "size": 1}
+    (folder / "sdrt.json").write_text(json.dumps(manifest))
+    assert "outside the artifact folder" in _refusal(host, folder, tmp_path)
+
+    assert "multiples of 8" in _refusal(host, demo_artifact(), tmp_path, "--size", "60x64")
+    assert "does not exist" in _refusal(host, demo_artifact(), tmp_path, "--tokenizers-extension", "/nonexistent.so")
+    assert "--steps takes a number" in _refusal(host, demo_artifact(), tmp_path, "--steps", "many")
+    assert "does not exist" in _refusal(host, tmp_path / "nowhere", tmp_path)

@@ -1,0 +1,92 @@
+"""What an artifact carries for hosts that run no Python: sampler plans and the tokenizer as an
+OpenVINO model. Oracles: runtime.samplers.compile_plan (itself checked against diffusers) and
+sdrt's Python CLIP tokenizer (checked against transformers' in test_tokenizer.py)."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from sdrt.cli import main
+from sdrt.models.demo import demo_artifact
+from sdrt.runtime.artifact import open_artifact
+from sdrt.runtime.plan_file import DEFAULT_STEP_COUNTS, read_plan
+from sdrt.runtime.samplers import SAMPLERS, compile_plan, default_sampler
+from sdrt.runtime.tokenizer import ClipTokenizer
+
+PROMPTS = [
+    "a red circle on a blue background",
+    "",
+    "  A  Castle,\ton a HILL!!  ",
+    "don't stop: 123 4.5 émigré café, naïve — “quotes” & <tags>",
+    "an astronaut riding a horse on mars, 8k, (masterpiece:1.2), [blurry]",
+    "日本語のプロンプト 🙂 emoji",
+    "word " * 90,  # truncated to 77 ids
+]
+
+
+@pytest.fixture(params=["demo", "tiny"])
+def artifact(request, tiny_artifact):
+    return demo_artifact() if request.param == "demo" else tiny_artifact
+
+
+def test_stored_plans_are_the_compiled_plans(artifact):
+    manifest = open_artifact(artifact).manifest
+    config = manifest["pipeline"]["scheduler"]
+    document = json.loads((artifact / manifest["sampler_plans"]).read_text())
+    assert document["default_sampler"] == default_sampler(config)
+    assert set(document["plans"]) == set(SAMPLERS)
+    for sampler in SAMPLERS:
+        counts = [n for n in DEFAULT_STEP_COUNTS if sampler != "lcm" or n <= config.get("original_inference_steps", 50)]
+        assert sorted(int(n) for n in document["plans"][sampler]) == counts
+    for sampler in ("ddim", "euler_a", "dpmpp_2m", "pndm"):
+        for steps in (1, 4, 20):
+            assert read_plan(artifact, manifest, sampler, steps) == compile_plan(sampler, config, steps)
+    assert read_plan(artifact, manifest, "euler", 37) is None
+
+
+def test_openvino_tokenizer_gives_the_python_tokenizer_ids(artifact):
+    ov = pytest.importorskip("openvino")
+    pytest.importorskip("openvino_tokenizers")  # importing it registers the extension with OpenVINO
+    manifest = open_artifact(artifact).manifest
+    entry = manifest["tokenizers"][0]
+    model = ov.Core().compile_model(str(artifact / entry["files"]["openvino_tokenizer"]), "CPU")
+    python = ClipTokenizer.from_folder(artifact / "tokenizer", bos_id=entry["bos_id"], eos_id=entry["eos_id"],
+                                       pad_id=entry["pad_id"], max_length=entry["max_length"])
+    with pytest.warns(UserWarning, match="dropped"):
+        expected = python(PROMPTS)
+    ids = model([np.array(PROMPTS)])["input_ids"]
+    assert ids.shape == (len(PROMPTS), entry["max_length"])
+    np.testing.assert_array_equal(ids, expected)
+
+
+def test_sdrt_plan_adds_a_plan_and_keeps_the_artifact_valid(tmp_path, capsys):
+    folder = shutil.copytree(demo_artifact(), tmp_path / "artifact")
+    assert main(["plan", str(folder), "--scheduler", "euler", "lcm", "--steps", "37", "7"]) == 0
+    assert "added euler 37" in capsys.readouterr().out
+    artifact = open_artifact(folder)  # checksums still hold
+    config = artifact.pipeline["scheduler"]
+    for sampler in ("euler", "lcm"):
+        for steps in (37, 7):
+            assert read_plan(folder, artifact.manifest, sampler, steps) == compile_plan(sampler, config, steps)
+    assert read_plan(folder, artifact.manifest, "ddim", 20) == compile_plan("ddim", config, 20)  # kept
+
+    plan_file = tmp_path / "plan.json"
+    assert main(["plan", str(folder), "--scheduler", "dpmpp_2m", "--steps", "9", "-o", str(plan_file)]) == 0
+    assert json.loads(plan_file.read_text()) == {**compile_plan("dpmpp_2m", config, 9).to_json(),
+                                                 "num_inference_steps": 9}
+
+
+def test_sdrt_plan_refuses_what_cannot_be_compiled(tmp_path, capsys):
+    folder = shutil.copytree(demo_artifact(), tmp_path / "artifact")
+    before = (folder / "sdrt.json").read_bytes()
+    assert main(["plan", str(folder), "--scheduler", "lcm", "--steps", "80"]) == 2
+    assert "at most 50 steps" in capsys.readouterr().err
+    assert (folder / "sdrt.json").read_bytes() == before
+    single = str(tmp_path / "p.json")
+    assert main(["plan", str(folder), "--scheduler", "euler", "ddim", "--steps", "9", "-o", single]) == 2
+    assert "one --scheduler" in capsys.readouterr().err
+    assert main(["plan", str(tmp_path), "--scheduler", "euler", "--steps", "9"]) == 2
+    assert "sdrt.json" in capsys.readouterr().err
