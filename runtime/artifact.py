@@ -47,6 +47,21 @@ class Artifact:
         return Component(ComponentSpec.from_json(name, entry), self.root / entry["path"], entry["precision"], entry,
                          checksums, tuple(self.root / relative for relative in entry["files"]))
 
+    def variant(self, name: str, precision: str) -> Component:
+        """Component `name` in the stored `precision` variant ("fp32": the component as exported)."""
+        base = self.component(name)
+        if precision == "fp32":
+            return base
+        variants = base.entry.get("variants", {})
+        if precision not in variants:
+            have = ", ".join(["fp32", *variants])
+            raise ArtifactError(f"The artifact's {name} has no {precision} variant (it has: {have}); make one with "
+                                f"`sdrt quantize {self.root} --precision {precision}`.")
+        entry = variants[precision]
+        checksums = tuple(self.manifest["files"][relative]["sha256"] for relative in entry["files"])
+        return Component(base.spec, self.root / entry["path"], precision, entry, checksums,
+                         tuple(self.root / relative for relative in entry["files"]))
+
     def component_for_role(self, role: str) -> Component:
         for name, entry in self.manifest["components"].items():
             if entry["role"] == role:
@@ -110,13 +125,14 @@ def open_artifact(path: str | os.PathLike, *, verify_checksums: bool = True) -> 
         if verify_checksums and sha256_file(file_path) != record["sha256"]:
             raise ArtifactError(f"{relative} in {root} does not match its SHA-256 checksum in the manifest: the file "
                                 "is corrupt or was changed. Copy or export the artifact again.")
-    for name, entry in manifest["components"].items():
-        listed = set(entry["files"]) | {entry["path"]}
-        for relative in listed:
-            _inside(resolved_root, relative, manifest_path)
-            if relative not in manifest["files"]:
-                raise ArtifactError(f"{manifest_path}: {name} names {relative}, which has no checksum entry.")
-        _check_external_data(resolved_root, name, entry)
+    for name, component in manifest["components"].items():
+        for label, entry in [(name, component)] + [(f"{name} {precision}", variant) for precision, variant
+                                                   in component.get("variants", {}).items()]:
+            for relative in set(entry["files"]) | {entry["path"]}:
+                _inside(resolved_root, relative, manifest_path)
+                if relative not in manifest["files"]:
+                    raise ArtifactError(f"{manifest_path}: {label} names {relative}, which has no checksum entry.")
+            _check_external_data(resolved_root, label, entry)
     return Artifact(root, manifest)
 
 

@@ -8,7 +8,7 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +25,10 @@ from .samplers import SamplerPlan, compile_plan, default_sampler
 from .tokenizer import ClipTokenizer
 
 OUTPUT_TYPES = ("pil", "np", "latent")
+# fp32 and bf16 compute on the exported files; the others are variants `sdrt quantize` stores
+PRECISION_NAMES = ("fp32", "bf16", "fp16", "int8", "int4")
+# a precision name for every network, or one per component name
+Precision = str | dict[str, str]
 # callback(step_index, timestep, latents) after each denoising step
 StepCallback = Callable[[int, float, np.ndarray], None]
 
@@ -65,19 +69,30 @@ class GenerationResult:
 class StableDiffusionPipeline:
     """Text-to-image on an sdrt artifact of the SD 1.x / 2.x families, on one backend."""
 
-    def __init__(self, artifact: Artifact, backend: str = "onnxruntime", options: SessionOptions | None = None):
+    def __init__(self, artifact: Artifact, backend: str = "onnxruntime", options: SessionOptions | None = None,
+                 precision: Precision | None = None):
         options = options or SessionOptions()
         if artifact.family not in ("sd1", "sd2"):
             raise ArtifactError(f"This sdrt runs the sd1 and sd2 families; the artifact is {artifact.family!r}.")
         self.artifact = artifact
         self.backend = backend
         self.options = options
+        # component name -> the precision it runs in: a stored variant, or bf16 (fp32 files, bf16 compute)
+        self.precisions = resolve_precisions(artifact, options.precision if precision is None else precision)
         module = backend_module(backend)
         started = time.perf_counter()
-        self._text_encoder = module.open_session(artifact.component_for_role("text_encoder"), options)
-        self._unet_component = artifact.component_for_role("denoiser")
-        self._unet = module.open_session(self._unet_component, options)
-        self._vae_decoder = module.open_session(artifact.component_for_role("vae_decoder"), options)
+        sessions = {}
+        for role in ("text_encoder", "denoiser", "vae_decoder"):
+            name = artifact.component_for_role(role).spec.name
+            chosen = self.precisions[name]
+            component = artifact.variant(name, "fp32" if chosen == "bf16" else chosen)
+            compute = "bf16" if chosen == "bf16" else "fp32"
+            sessions[role] = (component, module.open_session(component, replace(options, precision=compute)))
+        self._unet_component = sessions["denoiser"][0]
+        # The open backend sessions by component role, for callers that time or drive the
+        # networks themselves (`sdrt bench`) or wrap them (the variant quality reports record
+        # the networks' inputs); every call goes through this dict.
+        self.sessions = {role: session for role, (_, session) in sessions.items()}
         self.load_seconds = time.perf_counter() - started
         entry = artifact.tokenizer_entry("text_encoder")
         self.tokenizer = ClipTokenizer.from_folder(
@@ -91,12 +106,6 @@ class StableDiffusionPipeline:
         if self._unet_component.spec.inputs[0].shape[1] != self.latent_channels:
             raise ArtifactError("The artifact's UNet does not take plain latents (an inpainting UNet?); "
                                 "text-to-image needs a standard UNet.")
-
-    @property
-    def sessions(self) -> dict:
-        """The open backend sessions by component role, for callers that time or drive the
-        networks themselves (`sdrt bench`)."""
-        return {"text_encoder": self._text_encoder, "denoiser": self._unet, "vae_decoder": self._vae_decoder}
 
     @property
     def default_sampler(self) -> str:
@@ -151,7 +160,7 @@ class StableDiffusionPipeline:
             for half in halves:
                 half[...] = scaled
             timestep_feed.fill(timestep)
-            out = self._unet.run(feeds)["out_sample"]
+            out = self.sessions["denoiser"].run(feeds)["out_sample"]
             if request.uses_guidance:
                 uncond, cond = np.split(out, 2)
                 return guide(uncond, cond, request.guidance_scale)
@@ -234,7 +243,7 @@ class StableDiffusionPipeline:
         if request.uses_guidance:
             texts = list(request.negative_prompts) + texts
         ids = self.tokenizer(texts)
-        hidden = self._text_encoder.run({"input_ids": ids})["last_hidden_state"]
+        hidden = self.sessions["text_encoder"].run({"input_ids": ids})["last_hidden_state"]
         # Each prompt's embedding repeated num_images_per_prompt times in a row, as diffusers does.
         return np.repeat(hidden, request.num_images_per_prompt, axis=0)
 
@@ -244,7 +253,7 @@ class StableDiffusionPipeline:
         if pipeline.get("vae_shift_factor") is not None:
             scaled = scaled + np.float32(pipeline["vae_shift_factor"])
         # One image at a time keeps the decoder's peak memory independent of the batch.
-        return np.concatenate([self._vae_decoder.run({"latent_sample": scaled[i:i + 1]})["sample"]
+        return np.concatenate([self.sessions["vae_decoder"].run({"latent_sample": scaled[i:i + 1]})["sample"]
                                for i in range(scaled.shape[0])])
 
 
@@ -252,14 +261,55 @@ def _round_to(value: int, multiple: int) -> int:
     return max(multiple, int(round(value / multiple)) * multiple)
 
 
-def load(artifact: str | os.PathLike, backend: str | None = None, device: str = "cpu", *, precision: str = "fp32",
+def resolve_precisions(artifact: Artifact, precision: Precision) -> dict[str, str]:
+    """{component name: precision} for a load's `precision`.
+
+    "fp32" and "bf16" apply to every component (bf16: the fp32 files computed in bf16, an
+    openvino option). Another name picks that stored variant for every component that has one
+    and fp32 for the rest. A dict names the precision per component; components it leaves out
+    run fp32.
+    """
+    names = [name for name, entry in artifact.manifest["components"].items()
+             if entry["role"] in ("text_encoder", "denoiser", "vae_decoder")]
+    values = [precision] if isinstance(precision, str) else precision.values() if isinstance(precision, dict) else ()
+    for value in values:
+        if value not in PRECISION_NAMES:
+            raise RequestError(f"Unknown precision {value!r}; choose one of: {', '.join(PRECISION_NAMES)}.")
+    if isinstance(precision, str):
+        if precision in ("fp32", "bf16"):
+            return dict.fromkeys(names, precision)
+        having = [name for name in names if precision in artifact.manifest["components"][name].get("variants", {})]
+        if not having:
+            raise ArtifactError(f"The artifact at {artifact.root} has no {precision} variant of any network; make "
+                                f"them with `sdrt quantize {artifact.root} --precision {precision}` (`sdrt quantize "
+                                "--help` lists the precisions it makes).")
+        return {name: precision if name in having else "fp32" for name in names}
+    if not isinstance(precision, dict):
+        raise RequestError(f"precision must be a name (fp32, bf16, fp16, ...) or a dict of them by component, "
+                           f"got {precision!r}.")
+    unknown = sorted(set(precision) - set(names))
+    if unknown:
+        raise RequestError(f"precision names {', '.join(unknown)}, which the pipeline does not run; its components "
+                           f"are {', '.join(names)}.")
+    chosen = {name: precision.get(name, "fp32") for name in names}
+    for name, value in chosen.items():
+        if value != "bf16":
+            artifact.variant(name, value)  # refuses a variant the artifact lacks, saying how to make it
+    return chosen
+
+
+def load(artifact: str | os.PathLike, backend: str | None = None, device: str = "cpu", *,
+         precision: Precision = "fp32",
          num_threads: int | None = None, verify_checksums: bool = True,
          engine_cache: str | os.PathLike | bool | None = None) -> StableDiffusionPipeline:
     """Open an sdrt artifact folder on a backend and return a text-to-image pipeline.
 
     backend: "onnxruntime" or "openvino" (default: openvino where installed, else onnxruntime);
     device: "cpu" (openvino also "gpu", "npu");
-    precision: "fp32", or "bf16" on openvino (fast on CPUs with AMX or AVX512-BF16);
+    precision: "fp32"; "bf16" on openvino (fast on CPUs with AMX or AVX512-BF16); or a variant
+    the artifact stores ("fp16", ... made by `sdrt quantize`), for every network that has it;
+    or a dict by component name, e.g. {"unet": "fp16", "vae_decoder": "fp32"} (see
+    resolve_precisions);
     engine_cache: where backends that compile (openvino) keep compiled engines so the next load
     skips compilation: True for the user cache ($SDRT_CACHE/engines, default
     ~/.cache/sdrt/engines; skipped when it cannot be created), a folder (created if missing),
@@ -268,11 +318,11 @@ def load(artifact: str | os.PathLike, backend: str | None = None, device: str = 
     """
     if engine_cache is None:
         engine_cache = device != "cpu"
-    options = SessionOptions(device=device, precision=precision, num_threads=num_threads,
-                             engine_cache=_engine_cache_folder(engine_cache))
+    options = SessionOptions(device=device, num_threads=num_threads, engine_cache=_engine_cache_folder(engine_cache))
     backend = best_backend() if backend is None else backend
     backend_module(backend)  # a missing package fails before the checksums are read
-    return StableDiffusionPipeline(open_artifact(Path(artifact), verify_checksums=verify_checksums), backend, options)
+    return StableDiffusionPipeline(open_artifact(Path(artifact), verify_checksums=verify_checksums), backend, options,
+                                   precision)
 
 
 def _engine_cache_folder(engine_cache: str | os.PathLike | bool) -> str | None:

@@ -1,4 +1,4 @@
-"""The `sdrt` command: export, info, plan, generate, eval, bench."""
+"""The `sdrt` command: export, quantize, info, plan, generate, eval, bench."""
 from __future__ import annotations
 
 import argparse
@@ -12,7 +12,7 @@ from sdrt.benchmarks import command as bench_command
 from sdrt.models.demo import demo_artifact
 from sdrt.models.demo.evaluation import EVAL_GUIDANCE, EVAL_IMAGE_SEEDS, EVAL_STEPS, evaluate, load_evaluation_prompts
 from sdrt.models.demo.scenes import ATTRIBUTES
-from sdrt.runtime.backends import BACKENDS, PRECISIONS
+from sdrt.runtime.backends import BACKENDS
 from sdrt.runtime.errors import SdrtError
 from sdrt.runtime.samplers import SAMPLERS
 
@@ -42,6 +42,28 @@ def _parser() -> argparse.ArgumentParser:
                              "diffusers folder holding its config files (default sd15)")
     export.add_argument("--no-verify", action="store_true",
                         help="skip measuring each component against PyTorch after export")
+    export.add_argument("--precision", default="fp32",
+                        help="comma-separated precisions to store: fp32 (always) and variants made as by "
+                             "`sdrt quantize` (fp16), each with its quality report (default fp32)")
+
+    quantize = commands.add_parser(
+        "quantize", help="add a precision variant to an artifact, with its quality report",
+        description="Make lower-precision copies of an artifact's networks, store them in the artifact with how "
+                    "they were made, and measure them against fp32 on the same prompts, seeds and sampler: each "
+                    "network's output difference on recorded pipeline inputs, and the PSNR and SSIM of whole "
+                    "images. fp16: text encoder and UNet (the SD VAE decoder overflows fp16; name it to convert "
+                    "it too). Needs the export extra.")
+    quantize.add_argument("artifact", help="the artifact folder")
+    quantize.add_argument("--precision", required=True, choices=["fp16"], help="the variant to make")
+    quantize.add_argument("--components", nargs="+", default=None, metavar="NAME",
+                          help="networks to convert (default for fp16: text_encoder unet)")
+    quantize.add_argument("--report-backend", default=None, choices=list(BACKENDS),
+                          help="backend that measures the quality report (default for fp16: onnxruntime, which "
+                               "computes fp16 networks in fp16)")
+    quantize.add_argument("--report-steps", type=int, default=10, help="denoising steps of the report's images")
+    quantize.add_argument("--fidelity", type=int, default=0, metavar="N",
+                          help="artifacts of the demo model: also score prompt fidelity (the demo checker) on N "
+                               "evaluation prompts, fp32 and the variant")
 
     info = commands.add_parser("info", help="describe an artifact and check it",
                                description="Validate an artifact's manifest against its JSON Schema and its files "
@@ -101,9 +123,10 @@ def _engine_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", default=None, choices=list(BACKENDS),
                         help="inference engine (default: openvino where installed, else onnxruntime)")
     parser.add_argument("--device", default="cpu", help="device for the backend: cpu (openvino also gpu, npu)")
-    parser.add_argument("--precision", default="fp32", choices=list(PRECISIONS),
-                        help="compute precision; bf16 is an openvino option, fast on CPUs with AMX or "
-                             "AVX512-BF16 (default fp32)")
+    parser.add_argument("--precision", default="fp32", type=_precision_argument,
+                        help="fp32; bf16 (an openvino option, fast on CPUs with AMX or AVX512-BF16); a variant "
+                             "the artifact stores (fp16, made by `sdrt quantize`); or one per network, "
+                             "unet=fp16,vae_decoder=fp32 (default fp32)")
     parser.add_argument("--steps", type=int, default=EVAL_STEPS, help=f"denoising steps (default {EVAL_STEPS})")
     parser.add_argument("--guidance", type=float, default=EVAL_GUIDANCE,
                         help=f"classifier-free guidance scale; <= 1 turns guidance off (default {EVAL_GUIDANCE})")
@@ -116,6 +139,16 @@ def _engine_arguments(parser: argparse.ArgumentParser) -> None:
                             "by default in $SDRT_CACHE/engines, else ~/.cache/sdrt/engines (default: on for "
                             "gpu and npu, off on the cpu, where it costs resident memory)")
     cache.add_argument("--no-engine-cache", action="store_true", help="compile on every load and keep nothing")
+
+
+def _precision_argument(text: str):
+    """'fp16' -> 'fp16'; 'unet=fp16,text_encoder=fp32' -> {'unet': 'fp16', 'text_encoder': 'fp32'}."""
+    if "=" not in text:
+        return text
+    try:
+        return dict(item.split("=", 1) for item in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"write per-network precisions as unet=fp16,vae_decoder=fp32; got {text!r}")
 
 
 def _load(args):
@@ -144,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
             return _info(args)
         if args.command == "plan":
             return _plan(args)
+        if args.command == "quantize":
+            return _quantize(args)
         if args.command == "eval":
             return _evaluate(args)
         return _generate(args)
@@ -170,8 +205,46 @@ def _progress_bar(total: int, unit: str):
     return tqdm(total=total, unit=unit, file=sys.stderr, leave=False)
 
 
+def _export_precisions(text: str) -> list[str]:
+    from sdrt.export.variants import MAKERS
+
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name != "fp32" and name not in MAKERS]
+    if unknown:
+        raise CommandError(f"--precision takes fp32 and {', '.join(MAKERS)}; got {', '.join(unknown)}.")
+    return [name for name in names if name != "fp32"]
+
+
+def _db(value: float | None) -> str:
+    return "inf (identical)" if value is None else f"{value:.1f} dB"
+
+
+def _report_quality(precision: str, report: dict) -> None:
+    print(f"{precision}: {', '.join(k for k, v in report['precisions'].items() if v == precision)}; "
+          f"{report['images']} images vs fp32 on {report['backend']}: PSNR {_db(report['psnr_db_mean'])} "
+          f"(min {_db(report['psnr_db_min'])}), SSIM {report['ssim_mean']:.4f} (min {report['ssim_min']:.4f})")
+    if "fidelity" in report:
+        fidelity = report["fidelity"]
+        print(f"{precision}: prompt fidelity on {fidelity['prompts']} demo prompts: {fidelity[precision]:.3f} "
+              f"(fp32 {fidelity['fp32']:.3f})")
+
+
+def _quantize(args) -> int:
+    from sdrt.export.variants import make_variants
+
+    if args.report_steps < 1:
+        raise CommandError("--report-steps must be at least 1.")
+    report = make_variants(args.artifact, args.precision, args.components, report_backend=args.report_backend,
+                           steps=args.report_steps, fidelity_prompts=args.fidelity)
+    _report_quality(args.precision, report)
+    return 0
+
+
 def _export(args) -> int:
     from sdrt.export.exporter import export_checkpoint
+    from sdrt.export.variants import make_variants
+
+    _export_precisions(args.precision)  # refuses unknown names before the export runs
 
     bar = _progress_bar(6, "stage")
 
@@ -197,6 +270,8 @@ def _export(args) -> int:
             bar.close()
         if scratch is not None:
             scratch.cleanup()
+    for precision in _export_precisions(args.precision):
+        _report_quality(precision, make_variants(path, precision, progress=lambda what: progress(0, 1, what)))
     print(f"exported {args.checkpoint} to {path}")
     return 0
 
@@ -234,6 +309,21 @@ def _info(args) -> int:
                 print(f"  {kind[:-1]:6} {tensor['name']:24} {tensor['dtype']:8} [{shape}]")
         for relative in entry["files"]:
             print(f"  file   {relative}  sha256 {manifest['files'][relative]['sha256'][:16]}...")
+        for precision, variant in entry.get("variants", {}).items():
+            quality = variant.get("quality", {})
+            print(f"  variant {precision:5} {variant['size'] / 2**20:.1f} MiB  by {variant['made_by']['tool']} "
+                  f"{variant['made_by']['version']}  output vs fp32 on {quality.get('backend', '?')}: max "
+                  f"{quality.get('output_max_abs_diff', float('nan')):.2e} mean "
+                  f"{quality.get('output_mean_abs_diff', float('nan')):.2e}")
+    for precision, report in manifest.get("quality_reports", {}).items():
+        print(f"\nquality {precision}: {report['images']} images ({report['size'][1]}x{report['size'][0]}, "
+              f"{report['steps']} steps, {report['sampler']}) vs fp32 on {report['backend']}: PSNR "
+              f"{_db(report['psnr_db_mean'])} (min {_db(report['psnr_db_min'])}), SSIM {report['ssim_mean']:.4f} "
+              f"(min {report['ssim_min']:.4f})")
+        if "fidelity" in report:
+            fidelity = report["fidelity"]
+            print(f"  prompt fidelity on {fidelity['prompts']} demo prompts: {fidelity[precision]:.3f} "
+                  f"(fp32 {fidelity['fp32']:.3f})")
     return 0
 
 

@@ -49,14 +49,14 @@ def test_guidance_at_most_one_skips_the_unconditional_branch(tiny_artifact, diff
     pipe = sdrt.load(tiny_artifact)
     latents = gaussian_noise(4, (1, 4, 32, 32))
     calls = []
-    session = pipe._unet
-    original = session.run
+    session = pipe.sessions["denoiser"]
 
-    def counting_run(feeds):
-        calls.append(feeds["sample"].shape[0])
-        return original(feeds)
+    class Counting:
+        def run(self, feeds):
+            calls.append(feeds["sample"].shape[0])
+            return session.run(feeds)
 
-    session.run = counting_run
+    pipe.sessions["denoiser"] = Counting()
     ours = pipe(PROMPT, latents=latents, num_inference_steps=4, guidance_scale=1.0, scheduler="euler",
                 output_type="np").images
     assert set(calls) == {1}

@@ -44,7 +44,9 @@ class OpenVinoSession:
         self._compiled = core.compile_model(str(component.path), device, config)
         self._request = self._compiled.create_infer_request()
         self.input_names = [p.any_name for p in self._compiled.inputs]
-        self.output_names = [p.any_name for p in self._compiled.outputs]
+        # By the manifest's names: a port may carry several (an fp16 variant's outputs also bear
+        # the names of the casts that return them to float32), and any_name may pick another.
+        self.output_names = [t.name for t in component.spec.outputs]
         self._dtypes = {t.name: t.dtype for t in component.spec.inputs}
         # OpenVINO maps large weight files (the UNet's external data) and repacks the weights on
         # the first inference, after which the mapped copy stays resident though hardly read:

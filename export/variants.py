@@ -1,0 +1,220 @@
+"""Precision variants of an artifact's networks, stored in the artifact with how each was made
+and a quality report measured against the fp32 networks on the same inputs.
+
+    variants/<precision>/<component>/model.onnx (+ model.onnx.data)
+
+Each variant's manifest entry (components.<name>.variants.<precision>) holds its files, the
+tool, version and settings that made it, and its output difference from the fp32 network on
+recorded pipeline inputs; the manifest's `quality_reports.<precision>` compares whole images
+(PSNR, SSIM) made with and without the variants, same prompts, seeds and sampler.
+
+The files are written to a hidden staging folder, measured from there, and moved into place
+only with the manifest that lists them, so an interruption leaves the artifact as it was.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+from ..kernels.image import psnr, ssim
+from ..models.manifest import MANIFEST_NAME, sha256_file
+from ..runtime.artifact import Artifact, open_artifact
+from .source import ExportError
+
+EXTERNAL_DATA_BYTES = 3 << 29  # 1.5 GiB, as the exporter: larger models keep weights beside the graph
+REPORT_PROMPTS = ("a photograph of a castle on a hill at sunset", "a red circle on a blue background")
+REPORT_SEEDS = (0, 1)
+REPORT_STEPS = 10
+ROLES = ("text_encoder", "denoiser", "vae_decoder")
+
+# progress(what is being done now)
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Maker:
+    """How one precision is made: default components, and a function that writes one variant."""
+
+    components: tuple[str, ...]  # made when the user names none
+    report_backend: str  # the backend whose arithmetic the report measures
+    make: Callable[[Path, Path], dict]  # (fp32 model.onnx, output folder) -> made_by
+
+
+def _fp16(source: Path, folder: Path) -> dict:
+    import onnx
+    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+
+    # keep_io_types: inputs and outputs stay float32, so the manifest's I/O holds for every variant.
+    model = convert_float_to_float16(onnx.load(str(source)), keep_io_types=True)
+    _save(model, folder)
+    return {"tool": "onnxruntime.transformers.float16.convert_float_to_float16",
+            "version": metadata.version("onnxruntime"),
+            "settings": {"keep_io_types": True, "op_block_list": "default", "blocked_ops": list(DEFAULT_OP_BLOCK_LIST)}}
+
+
+# The SD VAE decoder is known to overflow fp16 activations at full size, so fp16 leaves it fp32
+# unless named (--components vae_decoder); ONNX Runtime computes fp16 models in fp16 on the CPU
+# where it has kernels, the nearest this machine gets to a GPU's fp16.
+MAKERS = {"fp16": Maker(("text_encoder", "unet"), "onnxruntime", _fp16)}
+
+
+def _save(model, folder: Path) -> None:
+    import onnx
+
+    folder.mkdir(parents=True)
+    external = model.ByteSize() > EXTERNAL_DATA_BYTES
+    onnx.save_model(model, str(folder / "model.onnx"), save_as_external_data=external,
+                    all_tensors_to_one_file=True, location="model.onnx.data")
+
+
+def make_variants(artifact_root: str | Path, precision: str, components: Iterable[str] | None = None, *,
+                  report_backend: str | None = None, prompts: Iterable[str] = REPORT_PROMPTS,
+                  seeds: Iterable[int] = REPORT_SEEDS, steps: int = REPORT_STEPS, fidelity_prompts: int = 0,
+                  progress: Progress | None = None) -> dict:
+    """Make `precision` variants of `components` (default: the precision's usual ones), measure
+    them, and add them to the artifact's manifest; return the pipeline-level quality report.
+
+    fidelity_prompts > 0 (artifacts of the demo model): also score prompt fidelity with the
+    demo model's checker on that many evaluation prompts (seed 1), fp32 and variant."""
+    report = progress or (lambda what: None)
+    if precision not in MAKERS:
+        raise ExportError(f"sdrt makes these precision variants: {', '.join(MAKERS)}; got {precision!r}.")
+    maker = MAKERS[precision]
+    root = Path(artifact_root)
+    artifact = open_artifact(root)
+    names = list(components) if components is not None else list(maker.components)
+    known = [n for n, e in artifact.manifest["components"].items() if e["role"] in ROLES]
+    unknown = sorted(set(names) - set(known))
+    if unknown or not names:
+        raise ExportError(f"Choose components among {', '.join(known)}; got {', '.join(unknown) or 'none'}.")
+
+    token = uuid.uuid4().hex[:8]
+    staging = root / "variants" / f".partial-{token}"
+    try:
+        staged_manifest = json.loads(json.dumps(artifact.manifest))
+        entries, records = {}, {}
+        for name in names:
+            report(f"making the {precision} {name}")
+            folder = staging / name
+            started = time.perf_counter()
+            made_by = maker.make(artifact.component(name).path, folder)
+            made_by["seconds"] = round(time.perf_counter() - started, 2)
+            files = sorted(p.name for p in folder.iterdir())
+            entries[name] = {"precision": precision, "format": "onnx", "made_by": made_by,
+                             "size": sum((folder / f).stat().st_size for f in files)}
+            staged = f"{staging.relative_to(root).as_posix()}/{name}"
+            records[name] = {f: {"sha256": sha256_file(folder / f), "size": (folder / f).stat().st_size} for f in files}
+            staged_manifest["files"].update({f"{staged}/{f}": record for f, record in records[name].items()})
+            staged_manifest["components"][name].setdefault("variants", {})[precision] = {
+                **entries[name], "path": f"{staged}/model.onnx", "files": [f"{staged}/{f}" for f in files]}
+        backend = report_backend or maker.report_backend
+        quality, component_quality = measure(Artifact(root, staged_manifest), precision, names, backend,
+                                             tuple(prompts), tuple(seeds), steps, fidelity_prompts, report)
+        final = root / "variants" / precision
+        manifest = artifact.manifest
+        for name in names:
+            target = final / name
+            if target.exists():
+                shutil.rmtree(target)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            (staging / name).rename(target)
+            old = manifest["components"][name].get("variants", {}).get(precision)
+            for relative in (old or {}).get("files", []):
+                manifest["files"].pop(relative, None)
+            folder = target.relative_to(root).as_posix()
+            files = [f"{folder}/{f}" for f in records[name]]
+            manifest["files"].update({f"{folder}/{f}": record for f, record in records[name].items()})
+            manifest["components"][name].setdefault("variants", {})[precision] = {
+                **entries[name], "path": f"{target.relative_to(root).as_posix()}/model.onnx", "files": files,
+                "quality": component_quality[name]}
+        manifest.setdefault("quality_reports", {})[precision] = quality
+        partial = root / f".{MANIFEST_NAME}.{token}"
+        partial.write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+        partial.replace(root / MANIFEST_NAME)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return quality
+
+
+class _Recorder:
+    """A session that keeps a copy of every call's inputs and outputs (the pipeline reuses its
+    input buffers, so they are copied)."""
+
+    def __init__(self, session):
+        self.session, self.calls = session, []
+
+    def run(self, feeds):
+        outputs = self.session.run(feeds)
+        self.calls.append(({k: np.array(v) for k, v in feeds.items()}, outputs))
+        return outputs
+
+
+def measure(artifact: Artifact, precision: str, names: list[str], backend: str, prompts: tuple[str, ...],
+            seeds: tuple[int, ...], steps: int, fidelity_prompts: int, report: Progress) -> tuple[dict, dict]:
+    """(pipeline report, {component: report}) of `precision` against fp32 on `backend`."""
+    from ..runtime.backends import SessionOptions, backend_module
+    from ..runtime.pipeline import StableDiffusionPipeline
+
+    report(f"measuring against fp32 on {backend}")
+    reference = StableDiffusionPipeline(artifact, backend, SessionOptions())
+    variant = StableDiffusionPipeline(artifact, backend, SessionOptions(), precision)
+    height, width = reference.default_size
+    settings = dict(num_inference_steps=steps, guidance_scale=7.5, output_type="np")
+    recorders = {role: _Recorder(session) for role, session in reference.sessions.items()}
+    reference.sessions.update(recorders)
+    psnrs, ssims, seconds = [], [], {"fp32": 0.0, precision: 0.0}
+    for prompt in prompts:
+        for seed in seeds:
+            images = {}
+            for label, pipe in (("fp32", reference), (precision, variant)):
+                started = time.perf_counter()
+                images[label] = (pipe(prompt, seed=seed, **settings).images[0] * 255).round().astype(np.uint8)
+                seconds[label] += time.perf_counter() - started
+            psnrs.append(psnr(images["fp32"], images[precision]))
+            ssims.append(ssim(images["fp32"], images[precision]))
+    pipeline_report = {
+        "precisions": variant.precisions, "reference": "fp32", "backend": backend, "device": "cpu",
+        "prompts": list(prompts), "seeds": list(seeds), "steps": steps, "guidance_scale": 7.5,
+        "sampler": reference.default_sampler, "size": [height, width], "images": len(psnrs),
+        "psnr_db_mean": _finite(np.mean(psnrs)), "psnr_db_min": _finite(min(psnrs)),
+        "ssim_mean": float(np.mean(ssims)), "ssim_min": float(min(ssims)),
+        "seconds_per_image": {k: v / len(psnrs) for k, v in seconds.items()},
+    }
+    if fidelity_prompts > 0:
+        from ..models.demo.evaluation import evaluate, load_evaluation_prompts
+
+        report(f"scoring prompt fidelity on {fidelity_prompts} prompts")
+        subset = load_evaluation_prompts()[:fidelity_prompts]
+        pipeline_report["fidelity"] = {"prompts": fidelity_prompts, "seeds": [1], **{
+            label: evaluate(pipe, subset, seeds=(1,))["overall"] for label, pipe in (("fp32", reference),
+                                                                                     (precision, variant))}}
+    module = backend_module(backend)
+    component_reports = {}
+    for name in names:
+        role = artifact.manifest["components"][name]["role"]
+        session = module.open_session(artifact.variant(name, precision), SessionOptions())
+        differences = []
+        for feeds, outputs in recorders[role].calls:
+            first = next(iter(outputs))
+            differences.append(np.abs(session.run(feeds)[first] - outputs[first]).astype(np.float64))
+        flat = np.concatenate([d.ravel() for d in differences])
+        component_reports[name] = {
+            "reference": "fp32", "backend": backend, "device": "cpu",
+            "inputs": f"the {len(differences)} {role} calls of the report's fp32 images",
+            "output_max_abs_diff": float(flat.max()), "output_mean_abs_diff": float(flat.mean()),
+        }
+    return pipeline_report, component_reports
+
+
+def _finite(value: float) -> float | None:
+    """JSON has no infinity: identical images (infinite PSNR) are stored as null."""
+    value = float(value)
+    return value if np.isfinite(value) else None

@@ -1,0 +1,132 @@
+"""Precision variants stored in the artifact (issue 6, fp16 first): making them from the CLI, the
+manifest entries and quality reports, choosing them at load, and leaving the artifact intact
+when making fails. Oracles: scikit-image's PSNR/SSIM, an independent re-measurement of the
+report's images, ONNX's own reading of the variant files, the demo model's checker."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+import sdrt
+from sdrt.cli import main
+from sdrt.kernels.image import psnr, ssim
+from sdrt.runtime.artifact import open_artifact
+from sdrt.runtime.errors import ArtifactError, RequestError
+
+pytest.importorskip("onnxruntime")
+
+
+@pytest.fixture(scope="module")
+def fp16_artifact(tiny_checkpoint, tmp_path_factory):
+    """The tiny model exported with `--precision fp32,fp16`."""
+    folder = tmp_path_factory.mktemp("variants") / "tiny16"
+    assert main(["export", str(tiny_checkpoint), "-o", str(folder), "--precision", "fp32,fp16"]) == 0
+    return folder
+
+
+def test_psnr_and_ssim_match_scikit_image():
+    metrics = pytest.importorskip("skimage.metrics")
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 256, (40, 56, 3)).astype(np.uint8)
+    b = np.clip(a.astype(int) + rng.integers(-25, 25, a.shape), 0, 255).astype(np.uint8)
+    assert psnr(a, b) == pytest.approx(metrics.peak_signal_noise_ratio(a, b, data_range=255), rel=1e-12)
+    expected = metrics.structural_similarity(a, b, gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
+                                             channel_axis=-1, data_range=255)
+    assert ssim(a, b) == pytest.approx(expected, rel=1e-12)
+    assert psnr(a, a) == float("inf") and ssim(a, a) == pytest.approx(1.0)
+
+
+def test_variant_entries_hold_fp16_files_how_they_were_made_and_their_report(fp16_artifact):
+    import onnx
+
+    manifest = open_artifact(fp16_artifact).manifest  # schema and checksums, variants included
+    for name in ("text_encoder", "unet"):
+        variant = manifest["components"][name]["variants"]["fp16"]
+        assert variant["path"] == f"variants/fp16/{name}/model.onnx"
+        assert variant["made_by"]["tool"].startswith("onnxruntime.transformers.float16")
+        assert variant["size"] == sum(manifest["files"][f]["size"] for f in variant["files"])
+        model = onnx.load(str(fp16_artifact / variant["path"]))
+        kinds = {t.data_type for t in model.graph.initializer}
+        assert onnx.TensorProto.FLOAT16 in kinds
+        boundary = [t.type.tensor_type.elem_type for t in [*model.graph.input, *model.graph.output]]
+        assert onnx.TensorProto.FLOAT16 not in boundary  # inputs and outputs stay as the manifest says
+        quality = variant["quality"]
+        assert 0 < quality["output_mean_abs_diff"] <= quality["output_max_abs_diff"] < 0.1
+    assert "variants" not in manifest["components"]["vae_decoder"]  # fp16 leaves the VAE decoder fp32
+    fp16_bytes = manifest["components"]["unet"]["variants"]["fp16"]["size"]
+    fp32_bytes = sum(manifest["files"][f]["size"] for f in manifest["components"]["unet"]["files"])
+    assert fp16_bytes < 0.6 * fp32_bytes
+
+
+def test_quality_report_is_what_a_user_measures(fp16_artifact):
+    report = open_artifact(fp16_artifact).manifest["quality_reports"]["fp16"]
+    assert report["precisions"] == {"text_encoder": "fp16", "unet": "fp16", "vae_decoder": "fp32"}
+    assert report["images"] == len(report["prompts"]) * len(report["seeds"]) == 4
+    reference = sdrt.load(fp16_artifact, backend=report["backend"])
+    variant = sdrt.load(fp16_artifact, backend=report["backend"], precision="fp16")
+    psnrs, ssims = [], []
+    for prompt in report["prompts"]:
+        for seed in report["seeds"]:
+            settings = dict(seed=seed, num_inference_steps=report["steps"], guidance_scale=report["guidance_scale"])
+            a = np.asarray(reference(prompt, **settings).images[0])
+            b = np.asarray(variant(prompt, **settings).images[0])
+            psnrs.append(psnr(a, b))
+            ssims.append(ssim(a, b))
+    assert report["psnr_db_mean"] == pytest.approx(np.mean(psnrs), rel=1e-9)
+    assert report["psnr_db_min"] == pytest.approx(min(psnrs), rel=1e-9)
+    assert report["ssim_mean"] == pytest.approx(np.mean(ssims), rel=1e-9)
+    assert 25 < report["psnr_db_min"] and 0.9 < report["ssim_min"] < 1  # close, and not the fp32 files again
+
+
+def test_load_picks_variants_by_name_or_per_component(fp16_artifact, backends):
+    for backend in backends:
+        pipe = sdrt.load(fp16_artifact, backend=backend, precision="fp16")
+        assert pipe.precisions == {"text_encoder": "fp16", "unet": "fp16", "vae_decoder": "fp32"}
+        image = np.asarray(pipe("a cat", seed=3, num_inference_steps=3).images[0])
+        fp32 = np.asarray(sdrt.load(fp16_artifact, backend=backend)("a cat", seed=3, num_inference_steps=3).images[0])
+        assert 25 < psnr(fp32, image) < float("inf")
+    mixed = sdrt.load(fp16_artifact, backend="onnxruntime", precision={"unet": "fp16"})
+    assert mixed.precisions == {"text_encoder": "fp32", "unet": "fp16", "vae_decoder": "fp32"}
+
+
+def test_load_refuses_precisions_it_cannot_serve(fp16_artifact, tiny_artifact):
+    with pytest.raises(ArtifactError, match="no fp16 variant of any network.*sdrt quantize"):
+        sdrt.load(tiny_artifact, backend="onnxruntime", precision="fp16")
+    with pytest.raises(ArtifactError, match="vae_decoder has no fp16 variant .*fp32"):
+        sdrt.load(fp16_artifact, backend="onnxruntime", precision={"vae_decoder": "fp16"})
+    with pytest.raises(RequestError, match="vae, which the pipeline does not run"):
+        sdrt.load(fp16_artifact, backend="onnxruntime", precision={"vae": "fp16"})
+    with pytest.raises(RequestError, match="Unknown precision 'fp8'"):
+        sdrt.load(fp16_artifact, backend="onnxruntime", precision="fp8")
+
+
+def test_a_failed_quantize_leaves_the_artifact_as_it_was(tiny_artifact, tmp_path, monkeypatch):
+    from sdrt.export import variants
+
+    folder = shutil.copytree(tiny_artifact, tmp_path / "artifact")
+    before = {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("interrupted while measuring")
+
+    monkeypatch.setattr(variants, "measure", fail)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        variants.make_variants(folder, "fp16")
+    after = {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    assert after == before
+    assert main(["quantize", str(folder), "--precision", "fp16", "--components", "vae"]) == 2
+
+
+def test_fp16_keeps_the_demo_models_prompt_fidelity(tmp_path):
+    """Issue 6's bound: fp16 within 0.01 of fp32 prompt fidelity (here on 12 prompts, seed 1)."""
+    from sdrt.export.variants import make_variants
+
+    folder = shutil.copytree(sdrt.demo_artifact(), tmp_path / "demo")
+    report = make_variants(folder, "fp16", ["text_encoder", "unet", "vae_decoder"], steps=4, fidelity_prompts=12)
+    assert abs(report["fidelity"]["fp16"] - report["fidelity"]["fp32"]) <= 0.01, report["fidelity"]
+    assert report["fidelity"]["fp32"] >= 0.9
+    stored = json.loads((folder / "sdrt.json").read_text())["quality_reports"]["fp16"]
+    assert stored["fidelity"] == report["fidelity"]
