@@ -8,7 +8,8 @@ import shutil
 import sys
 from pathlib import Path
 
-from ..runtime.backends import BACKENDS, PRECISIONS, available_backends, backend_module
+from ..runtime.backends import BACKENDS, available_backends, backend_module
+from ..runtime.pipeline import PRECISION_NAMES
 from ..runtime.samplers import SAMPLERS
 from ..runtime.cache import user_cache
 from .builtin import BUILTIN_MODELS, builtin_model
@@ -37,7 +38,9 @@ def add_parser(commands) -> None:
                        help="with --artifact and --compare: the diffusers folder it was exported from")
     bench.add_argument("--backends", default=None,
                        help="comma-separated sdrt backends (default: every installed one)")
-    bench.add_argument("--precisions", default="fp32", help="comma-separated: fp32, bf16 (default fp32)")
+    bench.add_argument("--precisions", default="fp32",
+                       help="comma-separated: fp32, bf16, or variants the artifact stores (fp16, int8-weights, "
+                            "int4-weights; made by `sdrt quantize`) (default fp32)")
     bench.add_argument("--compare", default=None, help=f"comma-separated peers: {', '.join(PEERS)}")
     bench.add_argument("--peer-python", default=None,
                        help="the Python interpreter of the peer environment (default: the one `python -m "
@@ -79,7 +82,7 @@ def run(args, argv: list[str], console=None) -> int:
 
     console = console or Console(stderr=True, width=None if sys.stderr.isatty() else 200)
     backends = _names(args.backends, available_backends(), BACKENDS, "backend")
-    precisions = _names(args.precisions, None, PRECISIONS, "precision")
+    precisions = _names(args.precisions, None, PRECISION_NAMES, "precision")
     peers = parse_compare(args.compare)
     cache = args.cache or user_cache()
 
@@ -123,10 +126,11 @@ def run(args, argv: list[str], console=None) -> int:
     for backend in backends:
         offered = backend_module(backend).PRECISIONS
         for precision in precisions:
-            if precision in offered:
+            why = _why_not(manifest, backend, offered, precision)
+            if why is None:
                 ours.append(sdrt_engine(artifact, backend, precision, args.threads))
             else:
-                missing[f"sdrt/{backend}/{precision}"] = f"the {backend} backend offers {', '.join(offered)}"
+                missing[f"sdrt/{backend}/{precision}"] = why
     theirs, peers_missing = peer_engines(peers, precisions, peer_python(args.peer_python), checkpoint,
                                          latents_path, cache / "bench" / model_name / "peers", args.threads)
     missing.update(peers_missing)
@@ -171,6 +175,25 @@ def pair_order(ours: list[Engine], theirs: list[Engine]) -> list[Engine]:
             left.remove(match)
             ordered.append(match)
     return ordered + left
+
+
+def _why_not(artifact, backend: str, offered: tuple[str, ...], precision: str) -> str | None:
+    """Why sdrt on `backend` cannot run `precision` on this artifact, or None when it can: a
+    compute precision the backend offers, or stored variants in a format the backend reads."""
+    from ..runtime.errors import SdrtError
+    from ..runtime.pipeline import resolve_precisions
+
+    if precision in ("fp32", "bf16"):
+        return None if precision in offered else f"the {backend} backend offers {', '.join(offered)}"
+    try:
+        chosen = resolve_precisions(artifact, precision)
+    except SdrtError as error:
+        return str(error)
+    formats = {artifact.variant(name, value).entry.get("format", "onnx") for name, value in chosen.items()
+               if value == precision}
+    if backend == "onnxruntime" and formats != {"onnx"}:
+        return f"the {precision} variants are OpenVINO models"
+    return None
 
 
 def _names(text: str | None, default: list[str] | None, known, what: str) -> list[str]:

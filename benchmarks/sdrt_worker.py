@@ -43,15 +43,18 @@ class SdrtEngine:
                 "sizes": self._sizes()}
 
     def _sizes(self) -> dict:
-        """Bytes on disk: the whole artifact and each network's folder."""
+        """Bytes on disk: the whole artifact, and each network's files in the precision it runs."""
         from .harness import folder_size
 
-        artifact = self.pipeline.artifact
+        artifact, precisions = self.pipeline.artifact, self.pipeline.precisions
         sizes = {"total": folder_size(artifact.root)}
         for role, part in (("text_encoder", "text_encoder"), ("denoiser", "unet"), ("vae_decoder", "vae_decoder"),
                            ("vae_encoder", "vae_encoder")):
             if artifact.has_role(role):
-                sizes[part] = folder_size(artifact.component_for_role(role).path.parent)
+                name = artifact.component_for_role(role).spec.name
+                stored = precisions.get(name, "fp32")
+                component = artifact.variant(name, "fp32" if stored == "bf16" else stored)
+                sizes[part] = sum(f.stat().st_size for f in component.files)
         return sizes
 
     def image(self, save: str | None = None) -> dict:

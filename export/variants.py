@@ -1,7 +1,8 @@
 """Precision variants of an artifact's networks, stored in the artifact with how each was made
 and a quality report measured against the fp32 networks on the same inputs.
 
-    variants/<precision>/<component>/model.onnx (+ model.onnx.data)
+    variants/<precision>/<component>/model.onnx (+ model.onnx.data), or model.xml + model.bin
+    (OpenVINO models: the weight-only variants NNCF makes)
 
 Each variant's manifest entry (components.<name>.variants.<precision>) holds its files, the
 tool, version and settings that made it, and its output difference from the fp32 network on
@@ -46,6 +47,8 @@ class Maker:
     components: tuple[str, ...]  # made when the user names none
     report_backend: str  # the backend whose arithmetic the report measures
     make: Callable[[Path, Path], dict]  # (fp32 model.onnx, output folder) -> made_by
+    format: str = "onnx"  # "onnx": every backend; "openvino": an OpenVINO IR model (.xml + .bin)
+    model_file: str = "model.onnx"
 
 
 def _fp16(source: Path, folder: Path) -> dict:
@@ -60,10 +63,44 @@ def _fp16(source: Path, folder: Path) -> dict:
             "settings": {"keep_io_types": True, "op_block_list": "default", "blocked_ops": list(DEFAULT_OP_BLOCK_LIST)}}
 
 
+def _weight_compression(mode: str, **settings) -> Callable[[Path, Path], dict]:
+    """NNCF weight compression of the OpenVINO model read from the ONNX file: weights stored in
+    int8 (per output channel, asymmetric) or int4 (groups of 128 weights, symmetric; the
+    embedding and last layers int8, NNCF's default), decompressed inside OpenVINO's kernels;
+    activations stay floating point."""
+
+    def make(source: Path, folder: Path) -> dict:
+        import nncf
+        import openvino as ov
+
+        options = dict(settings)
+        if "group_size" in options:  # layers whose width the group does not divide get a smaller group
+            options["advanced_parameters"] = nncf.AdvancedCompressionParameters(
+                group_size_fallback_mode=nncf.GroupSizeFallbackMode.ADJUST)
+        model = nncf.compress_weights(ov.Core().read_model(str(source)), mode=nncf.CompressWeightsMode[mode],
+                                      **options)
+        folder.mkdir(parents=True)
+        ov.save_model(model, str(folder / "model.xml"), compress_to_fp16=False)
+        recorded = {k: v for k, v in settings.items()}
+        if "group_size" in settings:
+            recorded["group_size_fallback_mode"] = "adjust"
+        return {"tool": "nncf.compress_weights", "version": metadata.version("nncf"),
+                "settings": {"mode": mode.lower(), **recorded}, "openvino": metadata.version("openvino")}
+
+    return make
+
+
 # The SD VAE decoder is known to overflow fp16 activations at full size, so fp16 leaves it fp32
 # unless named (--components vae_decoder); ONNX Runtime computes fp16 models in fp16 on the CPU
-# where it has kernels, the nearest this machine gets to a GPU's fp16.
-MAKERS = {"fp16": Maker(("text_encoder", "unet"), "onnxruntime", _fp16)}
+# where it has kernels, the nearest this machine gets to a GPU's fp16. Weight-only variants are
+# OpenVINO models (NNCF's ONNX output does not load in ONNX Runtime or OpenVINO at opset 18).
+MAKERS = {
+    "fp16": Maker(("text_encoder", "unet"), "onnxruntime", _fp16),
+    "int8-weights": Maker(("text_encoder", "unet", "vae_decoder"), "openvino", _weight_compression("INT8_ASYM"),
+                          "openvino", "model.xml"),
+    "int4-weights": Maker(("text_encoder", "unet"), "openvino",
+                          _weight_compression("INT4_SYM", group_size=128, ratio=1.0), "openvino", "model.xml"),
+}
 
 
 def _save(model, folder: Path) -> None:
@@ -108,13 +145,13 @@ def make_variants(artifact_root: str | Path, precision: str, components: Iterabl
             made_by = maker.make(artifact.component(name).path, folder)
             made_by["seconds"] = round(time.perf_counter() - started, 2)
             files = sorted(p.name for p in folder.iterdir())
-            entries[name] = {"precision": precision, "format": "onnx", "made_by": made_by,
+            entries[name] = {"precision": precision, "format": maker.format, "made_by": made_by,
                              "size": sum((folder / f).stat().st_size for f in files)}
             staged = f"{staging.relative_to(root).as_posix()}/{name}"
             records[name] = {f: {"sha256": sha256_file(folder / f), "size": (folder / f).stat().st_size} for f in files}
             staged_manifest["files"].update({f"{staged}/{f}": record for f, record in records[name].items()})
             staged_manifest["components"][name].setdefault("variants", {})[precision] = {
-                **entries[name], "path": f"{staged}/model.onnx", "files": [f"{staged}/{f}" for f in files]}
+                **entries[name], "path": f"{staged}/{maker.model_file}", "files": [f"{staged}/{f}" for f in files]}
         backend = report_backend or maker.report_backend
         quality, component_quality = measure(Artifact(root, staged_manifest), precision, names, backend,
                                              tuple(prompts), tuple(seeds), steps, fidelity_prompts, report)
@@ -133,7 +170,7 @@ def make_variants(artifact_root: str | Path, precision: str, components: Iterabl
             files = [f"{folder}/{f}" for f in records[name]]
             manifest["files"].update({f"{folder}/{f}": record for f, record in records[name].items()})
             manifest["components"][name].setdefault("variants", {})[precision] = {
-                **entries[name], "path": f"{target.relative_to(root).as_posix()}/model.onnx", "files": files,
+                **entries[name], "path": f"{folder}/{maker.model_file}", "files": files,
                 "quality": component_quality[name]}
         manifest.setdefault("quality_reports", {})[precision] = quality
         partial = root / f".{MANIFEST_NAME}.{token}"

@@ -26,7 +26,7 @@ from .tokenizer import ClipTokenizer
 
 OUTPUT_TYPES = ("pil", "np", "latent")
 # fp32 and bf16 compute on the exported files; the others are variants `sdrt quantize` stores
-PRECISION_NAMES = ("fp32", "bf16", "fp16", "int8", "int4")
+PRECISION_NAMES = ("fp32", "bf16", "fp16", "int8-weights", "int4-weights", "int8")
 # a precision name for every network, or one per component name
 Precision = str | dict[str, str]
 # callback(step_index, timestep, latents) after each denoising step

@@ -51,15 +51,18 @@ def _parser() -> argparse.ArgumentParser:
         description="Make lower-precision copies of an artifact's networks, store them in the artifact with how "
                     "they were made, and measure them against fp32 on the same prompts, seeds and sampler: each "
                     "network's output difference on recorded pipeline inputs, and the PSNR and SSIM of whole "
-                    "images. fp16: text encoder and UNet (the SD VAE decoder overflows fp16; name it to convert "
-                    "it too). Needs the export extra.")
+                    "images. Default networks: fp16 and int4-weights, text encoder and UNet (the SD VAE decoder "
+                    "overflows fp16; name it to convert it too); int8-weights, all three. Needs the export extra "
+                    "(and nncf for the weight-only variants).")
     quantize.add_argument("artifact", help="the artifact folder")
-    quantize.add_argument("--precision", required=True, choices=["fp16"], help="the variant to make")
+    quantize.add_argument("--precision", required=True, choices=["fp16", "int8-weights", "int4-weights"],
+                          help="the variant to make: fp16 (ONNX, every backend), int8-weights or int4-weights "
+                               "(NNCF weight compression; OpenVINO models, the openvino backend only)")
     quantize.add_argument("--components", nargs="+", default=None, metavar="NAME",
-                          help="networks to convert (default for fp16: text_encoder unet)")
+                          help="networks to convert (default: see above)")
     quantize.add_argument("--report-backend", default=None, choices=list(BACKENDS),
                           help="backend that measures the quality report (default for fp16: onnxruntime, which "
-                               "computes fp16 networks in fp16)")
+                               "computes fp16 networks in fp16; openvino for the weight-only variants)")
     quantize.add_argument("--report-steps", type=int, default=10, help="denoising steps of the report's images")
     quantize.add_argument("--fidelity", type=int, default=0, metavar="N",
                           help="artifacts of the demo model: also score prompt fidelity (the demo checker) on N "

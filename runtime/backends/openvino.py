@@ -59,7 +59,9 @@ class OpenVinoSession:
         # The mappings are looked up again at each release: never advise on an address range
         # that no longer maps these files.
         files = set(component.files)
-        self._mapped_files = files if device == "CPU" and mapped.mapped_ranges(files) else set()
+        # Checked safe for ONNX weight files only (an OpenVINO model's .bin may be used in place).
+        onnx = component.path.suffix == ".onnx"
+        self._mapped_files = files if device == "CPU" and onnx and mapped.mapped_ranges(files) else set()
         self._shapes_seen: set[tuple] = set()
         if self._mapped_files:
             with mapped.releasing(self._mapped_files):  # also while it repacks: a lower peak
