@@ -197,7 +197,7 @@ class _Recorder:
 def measure(artifact: Artifact, precision: str, names: list[str], backend: str, prompts: tuple[str, ...],
             seeds: tuple[int, ...], steps: int, fidelity_prompts: int, report: Progress) -> tuple[dict, dict]:
     """(pipeline report, {component: report}) of `precision` against fp32 on `backend`."""
-    from ..runtime.backends import SessionOptions, backend_module
+    from ..runtime.backends import SessionOptions
     from ..runtime.pipeline import StableDiffusionPipeline
 
     report(f"measuring against fp32 on {backend}")
@@ -217,6 +217,7 @@ def measure(artifact: Artifact, precision: str, names: list[str], backend: str, 
                 seconds[label] += time.perf_counter() - started
             psnrs.append(psnr(images["fp32"], images[precision]))
             ssims.append(ssim(images["fp32"], images[precision]))
+    reference.sessions.update({role: recorder.session for role, recorder in recorders.items()})  # stop recording
     pipeline_report = {
         "precisions": variant.precisions, "reference": "fp32", "backend": backend, "device": "cpu",
         "prompts": list(prompts), "seeds": list(seeds), "steps": steps, "guidance_scale": 7.5,
@@ -233,11 +234,13 @@ def measure(artifact: Artifact, precision: str, names: list[str], backend: str, 
         pipeline_report["fidelity"] = {"prompts": fidelity_prompts, "seeds": [1], **{
             label: evaluate(pipe, subset, seeds=(1,))["overall"] for label, pipe in (("fp32", reference),
                                                                                      (precision, variant))}}
-    module = backend_module(backend)
+    for recorder in recorders.values():
+        recorder.session = None  # the recorded calls are all the comparison needs
+    del reference
     component_reports = {}
     for name in names:
         role = artifact.manifest["components"][name]["role"]
-        session = module.open_session(artifact.variant(name, precision), SessionOptions())
+        session = variant.sessions[role]  # the variant pipeline runs every network made here in `precision`
         differences = []
         for feeds, outputs in recorders[role].calls:
             first = next(iter(outputs))
