@@ -25,8 +25,10 @@ from .samplers import SamplerPlan, compile_plan, default_sampler
 from .tokenizer import ClipTokenizer
 
 OUTPUT_TYPES = ("pil", "np", "latent")
-# fp32 and bf16 compute on the exported files; the others are variants `sdrt quantize` stores
-PRECISION_NAMES = ("fp32", "bf16", "fp16", "int8-weights", "int4-weights", "int8")
+# fp32 and bf16 compute on the exported files; the others are variants `sdrt quantize` makes and stores
+COMPUTE_PRECISIONS = ("fp32", "bf16")
+VARIANT_PRECISIONS = ("fp16", "int8-weights", "int4-weights")
+PRECISION_NAMES = COMPUTE_PRECISIONS + VARIANT_PRECISIONS
 # a precision name for every network, or one per component name
 Precision = str | dict[str, str]
 # callback(step_index, timestep, latents) after each denoising step
@@ -276,7 +278,7 @@ def resolve_precisions(artifact: Artifact, precision: Precision) -> dict[str, st
         if value not in PRECISION_NAMES:
             raise RequestError(f"Unknown precision {value!r}; choose one of: {', '.join(PRECISION_NAMES)}.")
     if isinstance(precision, str):
-        if precision in ("fp32", "bf16"):
+        if precision in COMPUTE_PRECISIONS:
             return dict.fromkeys(names, precision)
         having = [name for name in names if precision in artifact.manifest["components"][name].get("variants", {})]
         if not having:

@@ -14,6 +14,7 @@ from sdrt.models.demo.evaluation import EVAL_GUIDANCE, EVAL_IMAGE_SEEDS, EVAL_ST
 from sdrt.models.demo.scenes import ATTRIBUTES
 from sdrt.runtime.backends import BACKENDS
 from sdrt.runtime.errors import SdrtError
+from sdrt.runtime.pipeline import VARIANT_PRECISIONS
 from sdrt.runtime.samplers import SAMPLERS
 
 
@@ -44,7 +45,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="skip measuring each component against PyTorch after export")
     export.add_argument("--precision", default="fp32",
                         help="comma-separated precisions to store: fp32 (always) and variants made as by "
-                             "`sdrt quantize` (fp16), each with its quality report (default fp32)")
+                             f"`sdrt quantize` ({', '.join(VARIANT_PRECISIONS)}), each with its quality report "
+                             "(default fp32)")
 
     quantize = commands.add_parser(
         "quantize", help="add a precision variant to an artifact, with its quality report",
@@ -55,7 +57,7 @@ def _parser() -> argparse.ArgumentParser:
                     "overflows fp16; name it to convert it too); int8-weights, all three. Needs the export extra "
                     "(and nncf for the weight-only variants).")
     quantize.add_argument("artifact", help="the artifact folder")
-    quantize.add_argument("--precision", required=True, choices=["fp16", "int8-weights", "int4-weights"],
+    quantize.add_argument("--precision", required=True, choices=list(VARIANT_PRECISIONS),
                           help="the variant to make: fp16 (ONNX, every backend), int8-weights or int4-weights "
                                "(NNCF weight compression; OpenVINO models, the openvino backend only)")
     quantize.add_argument("--components", nargs="+", default=None, metavar="NAME",
@@ -128,8 +130,8 @@ def _engine_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="device for the backend: cpu (openvino also gpu, npu)")
     parser.add_argument("--precision", default="fp32", type=_precision_argument,
                         help="fp32; bf16 (an openvino option, fast on CPUs with AMX or AVX512-BF16); a variant "
-                             "the artifact stores (fp16, made by `sdrt quantize`); or one per network, "
-                             "unet=fp16,vae_decoder=fp32 (default fp32)")
+                             f"the artifact stores ({', '.join(VARIANT_PRECISIONS)}, made by `sdrt quantize`); or "
+                             "one per network, unet=fp16,vae_decoder=fp32 (default fp32)")
     parser.add_argument("--steps", type=int, default=EVAL_STEPS, help=f"denoising steps (default {EVAL_STEPS})")
     parser.add_argument("--guidance", type=float, default=EVAL_GUIDANCE,
                         help=f"classifier-free guidance scale; <= 1 turns guidance off (default {EVAL_GUIDANCE})")
@@ -335,14 +337,13 @@ def _plan(args) -> int:
     from sdrt.runtime.plan_file import add_plans
     from sdrt.runtime.samplers import compile_plan
 
+    if args.output is not None and (len(args.scheduler) != 1 or len(args.steps) != 1):
+        raise CommandError("With -o, name one --scheduler and one --steps: a plan file holds one plan.")
+    artifact = open_artifact(args.artifact, verify_checksums=False)  # refuses what is not an artifact, saying why
     if args.output is None:
-        open_artifact(args.artifact, verify_checksums=False)  # refuses what is not an artifact, with the reason
-        for name in add_plans(args.artifact, args.scheduler, args.steps):
+        for name in add_plans(artifact.root, args.scheduler, args.steps):
             print(f"added {name}")
         return 0
-    if len(args.scheduler) != 1 or len(args.steps) != 1:
-        raise CommandError("With -o, name one --scheduler and one --steps: a plan file holds one plan.")
-    artifact = open_artifact(args.artifact, verify_checksums=False)
     plan = compile_plan(args.scheduler[0], artifact.pipeline["scheduler"], args.steps[0])
     document = {**plan.to_json(), "num_inference_steps": args.steps[0]}
     Path(args.output).write_text(json.dumps(document, indent=1), encoding="utf-8")

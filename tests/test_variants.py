@@ -27,6 +27,13 @@ def fp16_artifact(tiny_checkpoint, tmp_path_factory):
     return folder
 
 
+def test_every_variant_precision_the_runtime_names_has_a_maker():
+    from sdrt.export.variants import MAKERS
+    from sdrt.runtime.pipeline import VARIANT_PRECISIONS
+
+    assert set(MAKERS) == set(VARIANT_PRECISIONS)  # no name a user can ask for that nothing makes
+
+
 def test_psnr_and_ssim_match_scikit_image():
     metrics = pytest.importorskip("skimage.metrics")
     rng = np.random.default_rng(0)
