@@ -2,7 +2,7 @@
 and a quality report measured against the fp32 networks on the same inputs.
 
     variants/<precision>/<component>/model.onnx (+ model.onnx.data), or model.xml + model.bin
-    (OpenVINO models: the weight-only variants NNCF makes)
+    (OpenVINO models: the variants NNCF makes)
 
 Each variant's manifest entry (components.<name>.variants.<precision>) holds its files, the
 tool, version and settings that made it, and its output difference from the fp32 network on
@@ -40,18 +40,42 @@ ROLES = ("text_encoder", "denoiser", "vae_decoder")
 Progress = Callable[[str], None]
 
 
+# Calibration prompts when the user gives none: the demo model's world and ordinary SD subjects,
+# so that the denoiser sees both kinds of conditioning (a file of the user's own prompts is better).
+CALIBRATION_PROMPTS = (
+    "a red circle on a blue background", "a small green triangle in the top left on a white background",
+    "a large yellow square in the center on a black background", "a purple circle at the bottom right on gray",
+    "a photograph of a castle on a hill at sunset", "portrait of an old fisherman, oil painting, detailed",
+    "a bowl of fruit on a wooden table, soft light", "a city street at night in the rain, neon signs",
+)
+CALIBRATION_STEPS = 10
+CALIBRATION_ROLES = ("denoiser",)  # the networks whose activations a calibrated maker quantizes
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Inputs the denoiser received while the fp32 pipeline made images for calibration prompts
+    (classifier-free guidance batches, every step), and how they were made."""
+
+    feeds: list[dict[str, np.ndarray]]
+    settings: dict
+
+
 @dataclass(frozen=True)
 class Maker:
     """How one precision is made: default components, and a function that writes one variant."""
 
     components: tuple[str, ...]  # made when the user names none
     report_backend: str  # the backend whose arithmetic the report measures
-    make: Callable[[Path, Path], dict]  # (fp32 model.onnx, output folder) -> made_by
+    # (fp32 model.onnx, output folder, calibration or None) -> made_by; calibration is given for
+    # CALIBRATION_ROLES when `calibrated`
+    make: Callable[[Path, Path, Calibration | None], dict]
     format: str = "onnx"  # "onnx": every backend; "openvino": an OpenVINO IR model (.xml + .bin)
     model_file: str = "model.onnx"
+    calibrated: bool = False
 
 
-def _fp16(source: Path, folder: Path) -> dict:
+def _fp16(source: Path, folder: Path, calibration: Calibration | None = None) -> dict:
     import onnx
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
@@ -69,7 +93,7 @@ def _weight_compression(mode: str, **settings) -> Callable[[Path, Path], dict]:
     embedding and last layers int8, NNCF's default), decompressed inside OpenVINO's kernels;
     activations stay floating point."""
 
-    def make(source: Path, folder: Path) -> dict:
+    def make(source: Path, folder: Path, calibration: Calibration | None = None) -> dict:
         import nncf
         import openvino as ov
 
@@ -90,11 +114,63 @@ def _weight_compression(mode: str, **settings) -> Callable[[Path, Path], dict]:
     return make
 
 
+def _hybrid_int8(source: Path, folder: Path, calibration: Calibration | None) -> dict:
+    """int8 for OpenVINO, NNCF's recipe for diffusion models ("hybrid", as optimum-intel): in the
+    denoiser, convolutions get int8 weights and int8 activations whose ranges come from the
+    calibration inputs, and the weights of matrix multiplications (attention, projections) are
+    stored int8 per channel; networks without calibration get the int8 weights only."""
+    import nncf
+    import openvino as ov
+
+    if calibration is None:
+        return _weight_compression("INT8_ASYM")(source, folder)
+    model = ov.Core().read_model(str(source))
+    weighted = _matmuls_with_constant_inputs(model)  # before compression adds its decompression nodes
+    model = nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM,
+                                  ignored_scope=nncf.IgnoredScope(types=["Convolution"]))
+    advanced = nncf.AdvancedQuantizationParameters(
+        overflow_fix=nncf.OverflowFix.DISABLE,
+        smooth_quant_alphas=nncf.AdvancedSmoothQuantParameters(matmul=-1))  # off: those matmuls keep float inputs
+    model = nncf.quantize(model, nncf.Dataset(calibration.feeds), subset_size=len(calibration.feeds),
+                          preset=nncf.QuantizationPreset.MIXED, model_type=nncf.ModelType.TRANSFORMER,
+                          fast_bias_correction=True, ignored_scope=nncf.IgnoredScope(names=weighted),
+                          advanced_parameters=advanced)
+    folder.mkdir(parents=True)
+    ov.save_model(model, str(folder / "model.xml"), compress_to_fp16=False)
+    return {"tool": "nncf.compress_weights + nncf.quantize", "version": metadata.version("nncf"),
+            "openvino": metadata.version("openvino"),
+            "settings": {"weights": "int8_asym per channel, all but convolutions",
+                         "activations": "int8 for convolutions and weightless matmuls, preset mixed",
+                         "model_type": "transformer", "fast_bias_correction": True, "smooth_quant": False,
+                         "overflow_fix": "disable", "matmuls_weight_only": len(weighted)},
+            "calibration": calibration.settings}
+
+
+def _matmuls_with_constant_inputs(model) -> list[str]:
+    """Names of the MatMuls with a weight: a constant input, possibly through layout nodes."""
+    passthrough = {"Convert", "Reshape", "Transpose", "FakeQuantize"}
+    names = []
+    for op in model.get_ops():
+        if op.get_type_name() != "MatMul":
+            continue
+        for port in range(2):
+            node = op.input_value(port).get_node()
+            while node.get_type_name() in passthrough and node.get_input_size() > 0:
+                node = node.input_value(0).get_node()
+            if node.get_type_name() == "Constant":
+                names.append(op.get_friendly_name())
+                break
+    return names
+
+
 # The SD VAE decoder is known to overflow fp16 activations at full size, so fp16 leaves it fp32
 # unless named (--components vae_decoder); ONNX Runtime computes fp16 models in fp16 on the CPU
 # where it has kernels, the nearest this machine gets to a GPU's fp16. Weight-only variants are
 # OpenVINO models (NNCF's ONNX output does not load in ONNX Runtime or OpenVINO at opset 18).
+# int8 is calibrated: the denoiser's activations too (the other networks' weights only).
 MAKERS = {
+    "int8": Maker(("text_encoder", "unet", "vae_decoder"), "openvino", _hybrid_int8, "openvino", "model.xml",
+                  calibrated=True),
     "fp16": Maker(("text_encoder", "unet"), "onnxruntime", _fp16),
     "int8-weights": Maker(("text_encoder", "unet", "vae_decoder"), "openvino", _weight_compression("INT8_ASYM"),
                           "openvino", "model.xml"),
@@ -115,12 +191,16 @@ def _save(model, folder: Path) -> None:
 def make_variants(artifact_root: str | Path, precision: str, components: Iterable[str] | None = None, *,
                   report_backend: str | None = None, prompts: Iterable[str] = REPORT_PROMPTS,
                   seeds: Iterable[int] = REPORT_SEEDS, steps: int = REPORT_STEPS, fidelity_prompts: int = 0,
-                  progress: Progress | None = None) -> dict:
+                  calibration_prompts: Iterable[str] | None = None, calibration_steps: int = CALIBRATION_STEPS,
+                  calibration_size: tuple[int, int] | None = None, progress: Progress | None = None) -> dict:
     """Make `precision` variants of `components` (default: the precision's usual ones), measure
     them, and add them to the artifact's manifest; return the pipeline-level quality report.
 
     fidelity_prompts > 0 (artifacts of the demo model): also score prompt fidelity with the
-    demo model's checker on that many evaluation prompts (seed 1), fp32 and variant."""
+    demo model's checker on that many evaluation prompts (seed 1), fp32 and variant.
+    Calibrated precisions (int8) run the fp32 pipeline on `calibration_prompts` (default
+    CALIBRATION_PROMPTS) for `calibration_steps` steps at `calibration_size` (default: the
+    model's size) and quantize the denoiser's activations for the inputs it received."""
     report = progress or (lambda what: None)
     if precision not in MAKERS:
         raise ExportError(f"sdrt makes these precision variants: {', '.join(MAKERS)}; got {precision!r}.")
@@ -133,6 +213,17 @@ def make_variants(artifact_root: str | Path, precision: str, components: Iterabl
     if unknown or not names:
         raise ExportError(f"Choose components among {', '.join(known)}; got {', '.join(unknown) or 'none'}.")
 
+    calibration = None
+    roles = {name: artifact.manifest["components"][name]["role"] for name in names}
+    if maker.calibrated and any(role in CALIBRATION_ROLES for role in roles.values()):
+        prompts_list = list(CALIBRATION_PROMPTS if calibration_prompts is None else calibration_prompts)
+        if not prompts_list or not all(isinstance(p, str) and p.strip() for p in prompts_list):
+            raise ExportError("Calibration needs at least one prompt, and no empty ones.")
+        if calibration_steps < 1:
+            raise ExportError(f"Calibration needs at least one step; got {calibration_steps}.")
+        report(f"running the fp32 pipeline on {len(prompts_list)} calibration prompts")
+        calibration = calibrate(artifact, maker.report_backend, prompts_list, calibration_steps, calibration_size)
+
     token = uuid.uuid4().hex[:8]
     staging = root / "variants" / f".partial-{token}"
     try:
@@ -142,7 +233,8 @@ def make_variants(artifact_root: str | Path, precision: str, components: Iterabl
             report(f"making the {precision} {name}")
             folder = staging / name
             started = time.perf_counter()
-            made_by = maker.make(artifact.component(name).path, folder)
+            made_by = maker.make(artifact.component(name).path, folder,
+                                 calibration if roles[name] in CALIBRATION_ROLES else None)
             made_by["seconds"] = round(time.perf_counter() - started, 2)
             files = sorted(p.name for p in folder.iterdir())
             entries[name] = {"precision": precision, "format": maker.format, "made_by": made_by,
@@ -192,6 +284,28 @@ class _Recorder:
         outputs = self.session.run(feeds)
         self.calls.append(({k: np.array(v) for k, v in feeds.items()}, outputs))
         return outputs
+
+
+def calibrate(artifact: Artifact, backend: str, prompts: list[str], steps: int,
+              size: tuple[int, int] | None) -> Calibration:
+    """Record the denoiser's inputs while the fp32 pipeline makes one image per prompt (seed =
+    the prompt's index, guidance 7.5, the model's default sampler), on the backend the int8
+    form runs on."""
+    from ..runtime.backends import SessionOptions
+    from ..runtime.pipeline import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline(artifact, backend, SessionOptions())
+    height, width = size or pipe.default_size
+    recorder = _Recorder(pipe.sessions["denoiser"])
+    pipe.sessions["denoiser"] = recorder
+    for seed, prompt in enumerate(prompts):
+        pipe(prompt, seed=seed, num_inference_steps=steps, guidance_scale=7.5, height=height, width=width,
+             output_type="latent")
+    feeds = [feeds for feeds, _ in recorder.calls]
+    recorder.calls.clear()
+    return Calibration(feeds, {"prompts": prompts, "seeds": list(range(len(prompts))), "steps": steps,
+                               "guidance_scale": 7.5, "sampler": pipe.default_sampler, "size": [height, width],
+                               "samples": len(feeds), "backend": backend, "precision": "fp32"})
 
 
 def measure(artifact: Artifact, precision: str, names: list[str], backend: str, prompts: tuple[str, ...],

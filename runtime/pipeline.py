@@ -27,7 +27,7 @@ from .tokenizer import ClipTokenizer
 OUTPUT_TYPES = ("pil", "np", "latent")
 # fp32 and bf16 compute on the exported files; the others are variants `sdrt quantize` makes and stores
 COMPUTE_PRECISIONS = ("fp32", "bf16")
-VARIANT_PRECISIONS = ("fp16", "int8-weights", "int4-weights")
+VARIANT_PRECISIONS = ("fp16", "int8", "int8-weights", "int4-weights")
 PRECISION_NAMES = COMPUTE_PRECISIONS + VARIANT_PRECISIONS
 # a precision name for every network, or one per component name
 Precision = str | dict[str, str]

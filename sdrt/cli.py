@@ -54,12 +54,14 @@ def _parser() -> argparse.ArgumentParser:
                     "they were made, and measure them against fp32 on the same prompts, seeds and sampler: each "
                     "network's output difference on recorded pipeline inputs, and the PSNR and SSIM of whole "
                     "images. Default networks: fp16 and int4-weights, text encoder and UNet (the SD VAE decoder "
-                    "overflows fp16; name it to convert it too); int8-weights, all three. Needs the export extra "
-                    "(and nncf for the weight-only variants).")
+                    "overflows fp16; name it to convert it too); int8 and int8-weights, all three. int8 is "
+                    "calibrated: the fp32 pipeline first runs on calibration prompts and the UNet's activations are "
+                    "quantized for the inputs it received. Needs the export extra (with nncf).")
     quantize.add_argument("artifact", help="the artifact folder")
     quantize.add_argument("--precision", required=True, choices=list(VARIANT_PRECISIONS),
-                          help="the variant to make: fp16 (ONNX, every backend), int8-weights or int4-weights "
-                               "(NNCF weight compression; OpenVINO models, the openvino backend only)")
+                          help="the variant to make: fp16 (ONNX, every backend); int8 (UNet weights and "
+                               "activations int8, calibrated; other networks int8 weights), int8-weights or "
+                               "int4-weights (NNCF weight compression): OpenVINO models, the openvino backend only")
     quantize.add_argument("--components", nargs="+", default=None, metavar="NAME",
                           help="networks to convert (default: see above)")
     quantize.add_argument("--report-backend", default=None, choices=list(BACKENDS),
@@ -69,6 +71,14 @@ def _parser() -> argparse.ArgumentParser:
     quantize.add_argument("--fidelity", type=int, default=0, metavar="N",
                           help="artifacts of the demo model: also score prompt fidelity (the demo checker) on N "
                                "evaluation prompts, fp32 and the variant")
+    quantize.add_argument("--calibration-prompts", default=None, metavar="FILE",
+                          help="int8: a text file with one calibration prompt per line (default: 8 built-in "
+                               "prompts); prompts like the ones the model will serve calibrate best")
+    quantize.add_argument("--calibration-steps", type=int, default=10,
+                          help="int8: denoising steps per calibration prompt; the UNet's inputs at every step "
+                               "are calibration samples (default 10)")
+    quantize.add_argument("--calibration-size", default=None, metavar="WIDTHxHEIGHT",
+                          help="int8: image size of the calibration runs (default: the model's)")
 
     info = commands.add_parser("info", help="describe an artifact and check it",
                                description="Validate an artifact's manifest against its JSON Schema and its files "
@@ -239,8 +249,22 @@ def _quantize(args) -> int:
 
     if args.report_steps < 1:
         raise CommandError("--report-steps must be at least 1.")
+    prompts = None
+    if args.calibration_prompts is not None:
+        try:
+            lines = Path(args.calibration_prompts).read_text(encoding="utf-8").splitlines()
+        except OSError as error:
+            raise CommandError(f"Cannot read the calibration prompts file: {error}.") from None
+        prompts = [line.strip() for line in lines if line.strip()]
+        if not prompts:
+            raise CommandError(f"{args.calibration_prompts} holds no prompts; write one prompt per line.")
+    size = None
+    if args.calibration_size:
+        width, height = _parse_size(args.calibration_size)
+        size = (height, width)
     report = make_variants(args.artifact, args.precision, args.components, report_backend=args.report_backend,
-                           steps=args.report_steps, fidelity_prompts=args.fidelity)
+                           steps=args.report_steps, fidelity_prompts=args.fidelity, calibration_prompts=prompts,
+                           calibration_steps=args.calibration_steps, calibration_size=size)
     _report_quality(args.precision, report)
     return 0
 
@@ -320,6 +344,11 @@ def _info(args) -> int:
                   f"{variant['made_by']['version']}  output vs fp32 on {quality.get('backend', '?')}: max "
                   f"{quality.get('output_max_abs_diff', float('nan')):.2e} mean "
                   f"{quality.get('output_mean_abs_diff', float('nan')):.2e}")
+            calibration = variant["made_by"].get("calibration")
+            if calibration:
+                height, width = calibration["size"]
+                print(f"          calibrated on {calibration['samples']} inputs: {len(calibration['prompts'])} "
+                      f"prompts x {calibration['steps']} steps, {width}x{height}, fp32 on {calibration['backend']}")
     for precision, report in manifest.get("quality_reports", {}).items():
         print(f"\nquality {precision}: {report['images']} images ({report['size'][1]}x{report['size'][0]}, "
               f"{report['steps']} steps, {report['sampler']}) vs fp32 on {report['backend']}: PSNR "

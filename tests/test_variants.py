@@ -129,6 +129,7 @@ def test_a_failed_quantize_leaves_the_artifact_as_it_was(tiny_artifact, tmp_path
 
 @pytest.mark.parametrize("precision,components,bound", [
     ("fp16", ["text_encoder", "unet", "vae_decoder"], 0.01),  # issue 6: fp16 within 0.01 of fp32
+    ("int8", None, 0.03),  # issue 6: int8 static within 0.03 of fp32
     ("int8-weights", None, 0.03),  # held to int8's bound
     ("int4-weights", None, None),  # reported as measured
 ])
@@ -177,3 +178,53 @@ def test_weight_only_variants_are_openvino_models_with_compressed_weights(precis
     assert image.std() > 0
     with pytest.raises(RequestError, match="OpenVINO model .*backend='openvino'"):
         sdrt.load(folder, backend="onnxruntime", precision=precision)
+
+
+def test_int8_quantizes_the_unets_activations_on_calibration_inputs_and_the_other_weights(tiny_artifact, tmp_path):
+    """int8 (NNCF's hybrid recipe): the UNet's convolutions take int8 activations with ranges
+    from the inputs the fp32 pipeline gave it on the calibration prompts, its weighted matmuls
+    keep float inputs but int8 weights; the text encoder and VAE decoder get int8 weights only."""
+    pytest.importorskip("nncf")
+    ov = pytest.importorskip("openvino")
+    folder = shutil.copytree(tiny_artifact, tmp_path / "artifact")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle\n\n  a castle at dawn  \na bowl of fruit\n", encoding="utf-8")
+    assert main(["quantize", str(folder), "--precision", "int8", "--calibration-prompts", str(prompts),
+                 "--calibration-steps", "3", "--calibration-size", "48x32", "--report-steps", "2"]) == 0
+    manifest = open_artifact(folder).manifest
+    unet = manifest["components"]["unet"]["variants"]["int8"]
+    calibration = unet["made_by"]["calibration"]
+    assert calibration["prompts"] == ["a red circle", "a castle at dawn", "a bowl of fruit"]
+    from sdrt.runtime.samplers import compile_plan
+
+    calls = len(compile_plan(calibration["sampler"], manifest["pipeline"]["scheduler"], 3).steps)
+    assert calibration["samples"] == 3 * calls and calibration["size"] == [32, 48]  # a guidance batch per call
+    assert calibration["backend"] == "openvino" and calibration["precision"] == "fp32"
+    model = ov.Core().read_model(folder / unet["path"])
+
+    def producer(op, port):  # the node that makes the input, past layout changes
+        node = op.input_value(port).get_node()
+        while node.get_type_name() in ("Transpose", "Reshape"):
+            node = node.input_value(0).get_node()
+        return node.get_type_name()
+
+    kinds = {}
+    for op in model.get_ops():
+        if op.get_type_name() in ("Convolution", "MatMul"):
+            kinds.setdefault(op.get_type_name(), []).append([producer(op, 0), producer(op, 1)])
+    assert all(inputs == ["FakeQuantize", "Multiply"] for inputs in kinds["Convolution"])  # int8 data and weights
+    weighted = [inputs for inputs in kinds["MatMul"] if inputs[1] == "Convert"]
+    assert weighted and all(inputs[0] != "FakeQuantize" for inputs in weighted)  # weights only
+    for name in ("text_encoder", "vae_decoder"):
+        variant = manifest["components"][name]["variants"]["int8"]
+        assert variant["made_by"]["tool"] == "nncf.compress_weights" and "calibration" not in variant["made_by"]
+        model = ov.Core().read_model(folder / variant["path"])
+        assert not [op for op in model.get_ops() if op.get_type_name() == "FakeQuantize"]
+    pipe = sdrt.load(folder, backend="openvino", precision="int8")
+    assert set(pipe.precisions.values()) == {"int8"}
+    assert np.asarray(pipe("a cat", seed=3, num_inference_steps=3).images[0]).std() > 0
+    with pytest.raises(RequestError, match="OpenVINO model"):
+        sdrt.load(folder, backend="onnxruntime", precision="int8")
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n \n", encoding="utf-8")
+    assert main(["quantize", str(folder), "--precision", "int8", "--calibration-prompts", str(empty)]) == 2
