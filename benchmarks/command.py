@@ -132,7 +132,8 @@ def run(args, argv: list[str], console=None) -> int:
             else:
                 missing[f"sdrt/{backend}/{precision}"] = why
     theirs, peers_missing = peer_engines(peers, precisions, peer_python(args.peer_python), checkpoint,
-                                         latents_path, cache / "bench" / model_name / "peers", args.threads)
+                                         latents_path, cache / "bench" / model_name / "peers", args.threads,
+                                         calibration=_int8_calibration(manifest))
     missing.update(peers_missing)
     engines = pair_order(ours, theirs)
     for name, why in missing.items():
@@ -186,14 +187,24 @@ def _why_not(artifact, backend: str, offered: tuple[str, ...], precision: str) -
     if precision in ("fp32", "bf16"):
         return None if precision in offered else f"the {backend} backend offers {', '.join(offered)}"
     try:
-        chosen = resolve_precisions(artifact, precision)
+        chosen = resolve_precisions(artifact, precision, backend)
     except SdrtError as error:
         return str(error)
     formats = {artifact.variant(name, value).entry.get("format", "onnx") for name, value in chosen.items()
-               if value == precision}
+               if value not in ("fp32", "bf16")}
     if backend == "onnxruntime" and formats != {"onnx"}:
         return f"the {precision} variants are OpenVINO models"
     return None
+
+
+def _int8_calibration(artifact) -> dict | None:
+    """How the artifact's int8 UNet was calibrated and computes, for peers that make their own
+    int8 model: the same prompts, number of samples and float precision; None without one."""
+    entry = artifact.manifest["components"][artifact.component_for_role("denoiser").spec.name]
+    variant = entry.get("variants", {}).get("int8", {})
+    calibration = variant.get("made_by", {}).get("calibration")
+    return None if calibration is None else {"prompts": calibration["prompts"], "samples": calibration["samples"],
+                                             "compute": variant.get("compute", "fp32")}
 
 
 def _names(text: str | None, default: list[str] | None, known, what: str) -> list[str]:

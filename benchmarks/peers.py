@@ -33,8 +33,9 @@ class Peer:
 
 PEERS = {
     "diffusers": Peer("diffusers", "diffusers", ("fp32", "bf16"), "diffusers' StableDiffusionPipeline on PyTorch"),
-    "optimum-intel": Peer("optimum-intel", "optimum.intel", ("fp32", "bf16"),
-                          "optimum-intel's OVStableDiffusionPipeline, static shapes (reshape + compile)"),
+    "optimum-intel": Peer("optimum-intel", "optimum.intel", ("fp32", "bf16", "int8"),
+                          "optimum-intel's OVStableDiffusionPipeline, static shapes (reshape + compile); int8: "
+                          "its hybrid quantization"),
     "optimum-onnx": Peer("optimum-onnx", "optimum.onnxruntime", ("fp32",),
                          "optimum's ORTStableDiffusionPipeline on the ONNX Runtime CPU provider"),
 }
@@ -74,10 +75,12 @@ def missing_module(python: str, module: str) -> str | None:
 
 
 def peer_engines(names: list[str], precisions: list[str], python: str, checkpoint: Path, latents: Path,
-                 work: Path, threads: int | None = None,
-                 check=missing_module) -> tuple[list[Engine], dict[str, str]]:
+                 work: Path, threads: int | None = None, check=missing_module,
+                 calibration: dict | None = None) -> tuple[list[Engine], dict[str, str]]:
     """Engines for the named peers at the requested precisions, and {peer: why not} for the
-    ones that cannot run here. `work` keeps their one-time conversions of the checkpoint."""
+    ones that cannot run here. `work` keeps their one-time conversions of the checkpoint;
+    `calibration` (prompts, samples: those of sdrt's int8 UNet) is what a peer's int8 model is
+    calibrated on."""
     engines, missing = [], {}
     for name in names:
         peer = PEERS[name]
@@ -89,8 +92,13 @@ def peer_engines(names: list[str], precisions: list[str], python: str, checkpoin
             if precision not in peer.precisions:
                 missing[f"{name}/{precision}"] = f"{name} has no {precision} mode here"
                 continue
+            if precision == "int8" and calibration is None:
+                missing[f"{name}/{precision}"] = ("its int8 model is calibrated on sdrt's int8 calibration set, and "
+                                                  "the artifact has no int8 UNet (sdrt quantize --precision int8)")
+                continue
             spec = {"peer": name, "checkpoint": str(checkpoint), "precision": precision, "threads": threads,
-                    "latents": str(latents), "work": str(work / name)}
+                    "latents": str(latents), "work": str(work / name),
+                    **({"calibration": calibration} if precision == "int8" else {})}
             engines.append(Engine(name=f"{name}/{precision}", kind=name, precision=precision,
                                   command=(python, str(WORKER)), spec=spec))
     return engines, missing

@@ -73,6 +73,9 @@ class Maker:
     format: str = "onnx"  # "onnx": every backend; "openvino": an OpenVINO IR model (.xml + .bin)
     model_file: str = "model.onnx"
     calibrated: bool = False
+    # what the backend computes the variant's float operations in: "bf16" asks OpenVINO for bf16,
+    # which it takes on CPUs with AMX or AVX512-BF16 (fp32 elsewhere)
+    compute: str = "fp32"
 
 
 def _fp16(source: Path, folder: Path, calibration: Calibration | None = None) -> dict:
@@ -114,64 +117,91 @@ def _weight_compression(mode: str, **settings) -> Callable[[Path, Path], dict]:
     return make
 
 
-def _hybrid_int8(source: Path, folder: Path, calibration: Calibration | None) -> dict:
-    """int8 for OpenVINO, NNCF's recipe for diffusion models ("hybrid", as optimum-intel): in the
-    denoiser, convolutions get int8 weights and int8 activations whose ranges come from the
-    calibration inputs, and the weights of matrix multiplications (attention, projections) are
-    stored int8 per channel; networks without calibration get the int8 weights only."""
+def _int8(source: Path, folder: Path, calibration: Calibration | None) -> dict:
+    """int8 for OpenVINO: NNCF's post-training quantization of the denoiser, weights (per channel)
+    and activations int8, activation ranges from the calibration inputs (transformer preset:
+    SmoothQuant on the matmuls, softmax and the attention's second product left float, fast bias
+    correction); networks without calibration get int8 weights only, as optimum-intel does for
+    the other networks of a diffusion pipeline. What stays float computes in bf16 where the CPU
+    has it (the variant's `compute`)."""
     import nncf
     import openvino as ov
 
     if calibration is None:
         return _weight_compression("INT8_ASYM")(source, folder)
-    model = ov.Core().read_model(str(source))
-    weighted = _matmuls_with_constant_inputs(model)  # before compression adds its decompression nodes
-    model = nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM,
-                                  ignored_scope=nncf.IgnoredScope(types=["Convolution"]))
-    advanced = nncf.AdvancedQuantizationParameters(
-        overflow_fix=nncf.OverflowFix.DISABLE,
-        smooth_quant_alphas=nncf.AdvancedSmoothQuantParameters(matmul=-1))  # off: those matmuls keep float inputs
-    model = nncf.quantize(model, nncf.Dataset(calibration.feeds), subset_size=len(calibration.feeds),
-                          preset=nncf.QuantizationPreset.MIXED, model_type=nncf.ModelType.TRANSFORMER,
-                          fast_bias_correction=True, ignored_scope=nncf.IgnoredScope(names=weighted),
-                          advanced_parameters=advanced)
+    model = nncf.quantize(ov.Core().read_model(str(source)), nncf.Dataset(calibration.feeds),
+                          subset_size=len(calibration.feeds), preset=nncf.QuantizationPreset.MIXED,
+                          model_type=nncf.ModelType.TRANSFORMER, fast_bias_correction=True)
     folder.mkdir(parents=True)
     ov.save_model(model, str(folder / "model.xml"), compress_to_fp16=False)
-    return {"tool": "nncf.compress_weights + nncf.quantize", "version": metadata.version("nncf"),
-            "openvino": metadata.version("openvino"),
-            "settings": {"weights": "int8_asym per channel, all but convolutions",
-                         "activations": "int8 for convolutions and weightless matmuls, preset mixed",
-                         "model_type": "transformer", "fast_bias_correction": True, "smooth_quant": False,
-                         "overflow_fix": "disable", "matmuls_weight_only": len(weighted)},
+    return {"tool": "nncf.quantize", "version": metadata.version("nncf"), "openvino": metadata.version("openvino"),
+            "settings": {"weights": "int8 symmetric per channel", "activations": "int8, preset mixed",
+                         "model_type": "transformer", "smooth_quant": "nncf default", "fast_bias_correction": True,
+                         "subset_size": len(calibration.feeds)},
             "calibration": calibration.settings}
 
 
-def _matmuls_with_constant_inputs(model) -> list[str]:
-    """Names of the MatMuls with a weight: a constant input, possibly through layout nodes."""
-    passthrough = {"Convert", "Reshape", "Transpose", "FakeQuantize"}
-    names = []
-    for op in model.get_ops():
-        if op.get_type_name() != "MatMul":
-            continue
-        for port in range(2):
-            node = op.input_value(port).get_node()
-            while node.get_type_name() in passthrough and node.get_input_size() > 0:
-                node = node.input_value(0).get_node()
-            if node.get_type_name() == "Constant":
-                names.append(op.get_friendly_name())
-                break
-    return names
+def _qdq_int8(source: Path, folder: Path, calibration: Calibration | None) -> dict:
+    """int8 for ONNX Runtime: onnxruntime.quantization's static QDQ model (uint8 activations with
+    min/max ranges from the calibration inputs, int8 weights per channel: the u8s8 pairing its
+    x86 kernels run fastest, VNNI and AMX) for the denoiser's convolutions and matmuls; networks
+    without calibration get int8 weights with activations quantized as they arrive (dynamic)."""
+    import tempfile
+
+    import onnx
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+                                          quantize_dynamic, quantize_static)
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    external = source.stat().st_size + sum(p.stat().st_size for p in source.parent.glob("*.data")) \
+        > EXTERNAL_DATA_BYTES
+    folder.mkdir(parents=True)
+    target = folder / "model.onnx"
+    with tempfile.TemporaryDirectory(prefix=".sdrt-qdq-", dir=folder.parent) as scratch:
+        prepared = Path(scratch) / "prepared.onnx"
+        # shape inference and graph optimization first, as onnxruntime.quantization recommends
+        quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True, save_as_external_data=external,
+                          all_tensors_to_one_file=True, external_data_location="prepared.onnx.data")
+        if calibration is None:
+            quantize_dynamic(str(prepared), str(target), per_channel=True, weight_type=QuantType.QInt8,
+                             op_types_to_quantize=["MatMul", "Gemm"], use_external_data_format=external)
+            settings = {"mode": "dynamic", "weights": "int8 per channel", "op_types": ["MatMul", "Gemm"]}
+            tool = "onnxruntime.quantization.quantize_dynamic"
+        else:
+            feeds = iter(calibration.feeds)
+
+            class Reader(CalibrationDataReader):
+                def get_next(self):
+                    return next(feeds, None)
+
+            op_types = ["Conv", "MatMul", "Gemm"]
+            quantize_static(str(prepared), str(target), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            op_types_to_quantize=op_types, calibrate_method=CalibrationMethod.MinMax,
+                            use_external_data_format=external,
+                            extra_options={"WeightSymmetric": True})
+            settings = {"mode": "static", "format": "qdq", "activations": "uint8 min/max", "weights":
+                        "int8 symmetric per channel", "op_types": op_types}
+            tool = "onnxruntime.quantization.quantize_static"
+    if external:  # quantize_static names its weights file itself: store the model as the exporter does
+        model = onnx.load(str(target))
+        shutil.rmtree(folder)
+        _save(model, folder)
+    return {"tool": tool, "version": metadata.version("onnxruntime"), "settings": settings,
+            **({"calibration": calibration.settings} if calibration is not None else {})}
 
 
 # The SD VAE decoder is known to overflow fp16 activations at full size, so fp16 leaves it fp32
 # unless named (--components vae_decoder); ONNX Runtime computes fp16 models in fp16 on the CPU
 # where it has kernels, the nearest this machine gets to a GPU's fp16. Weight-only variants are
 # OpenVINO models (NNCF's ONNX output does not load in ONNX Runtime or OpenVINO at opset 18).
-# int8 is calibrated: the denoiser's activations too (the other networks' weights only).
+# int8 is calibrated: the denoiser's activations too (the other networks' weights only); int8-qdq
+# is ONNX Runtime's form of it.
 MAKERS = {
-    "int8": Maker(("text_encoder", "unet", "vae_decoder"), "openvino", _hybrid_int8, "openvino", "model.xml",
-                  calibrated=True),
+    "int8": Maker(("text_encoder", "unet", "vae_decoder"), "openvino", _int8, "openvino", "model.xml",
+                  calibrated=True, compute="bf16"),
     "fp16": Maker(("text_encoder", "unet"), "onnxruntime", _fp16),
+    "int8-qdq": Maker(("text_encoder", "unet"), "onnxruntime", _qdq_int8, calibrated=True),
     "int8-weights": Maker(("text_encoder", "unet", "vae_decoder"), "openvino", _weight_compression("INT8_ASYM"),
                           "openvino", "model.xml"),
     "int4-weights": Maker(("text_encoder", "unet"), "openvino",
@@ -202,8 +232,11 @@ def make_variants(artifact_root: str | Path, precision: str, components: Iterabl
     CALIBRATION_PROMPTS) for `calibration_steps` steps at `calibration_size` (default: the
     model's size) and quantize the denoiser's activations for the inputs it received."""
     report = progress or (lambda what: None)
+    if precision == "bf16":
+        return _report_bf16(Path(artifact_root), tuple(prompts), tuple(seeds), steps, fidelity_prompts, report)
     if precision not in MAKERS:
-        raise ExportError(f"sdrt makes these precision variants: {', '.join(MAKERS)}; got {precision!r}.")
+        raise ExportError(f"sdrt makes these precision variants: bf16 (a report only), {', '.join(MAKERS)}; got "
+                          f"{precision!r}.")
     maker = MAKERS[precision]
     root = Path(artifact_root)
     artifact = open_artifact(root)
@@ -238,7 +271,8 @@ def make_variants(artifact_root: str | Path, precision: str, components: Iterabl
             made_by["seconds"] = round(time.perf_counter() - started, 2)
             files = sorted(p.name for p in folder.iterdir())
             entries[name] = {"precision": precision, "format": maker.format, "made_by": made_by,
-                             "size": sum((folder / f).stat().st_size for f in files)}
+                             "size": sum((folder / f).stat().st_size for f in files),
+                             **({"compute": maker.compute} if maker.compute != "fp32" else {})}
             staged = f"{staging.relative_to(root).as_posix()}/{name}"
             records[name] = {f: {"sha256": sha256_file(folder / f), "size": (folder / f).stat().st_size} for f in files}
             staged_manifest["files"].update({f"{staged}/{f}": record for f, record in records[name].items()})
@@ -270,6 +304,23 @@ def make_variants(artifact_root: str | Path, precision: str, components: Iterabl
         partial.replace(root / MANIFEST_NAME)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    return quality
+
+
+def _report_bf16(root: Path, prompts: tuple[str, ...], seeds: tuple[int, ...], steps: int, fidelity_prompts: int,
+                 report: Progress) -> dict:
+    """bf16 is OpenVINO computing the fp32 files in bf16 (no files to make): measure it as a
+    variant and store the report, with each network's output difference, under
+    quality_reports.bf16."""
+    artifact = open_artifact(root)
+    names = [n for n, e in artifact.manifest["components"].items() if e["role"] in ROLES]
+    quality, networks = measure(artifact, "bf16", names, "openvino", prompts, seeds, steps, fidelity_prompts, report)
+    quality["networks"] = networks
+    manifest = artifact.manifest
+    manifest.setdefault("quality_reports", {})["bf16"] = quality
+    partial = root / f".{MANIFEST_NAME}.{uuid.uuid4().hex[:8]}"
+    partial.write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+    partial.replace(root / MANIFEST_NAME)
     return quality
 
 

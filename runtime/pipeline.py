@@ -27,7 +27,10 @@ from .tokenizer import ClipTokenizer
 OUTPUT_TYPES = ("pil", "np", "latent")
 # fp32 and bf16 compute on the exported files; the others are variants `sdrt quantize` makes and stores
 COMPUTE_PRECISIONS = ("fp32", "bf16")
-VARIANT_PRECISIONS = ("fp16", "int8", "int8-weights", "int4-weights")
+VARIANT_PRECISIONS = ("fp16", "int8", "int8-qdq", "int8-weights", "int4-weights")
+# "int8" names the int8 form each backend runs well: OpenVINO's (the stored "int8") and ONNX
+# Runtime's static QDQ model ("int8-qdq"), taken where the artifact has it.
+BACKEND_FORMS = {"onnxruntime": {"int8": "int8-qdq"}}
 PRECISION_NAMES = COMPUTE_PRECISIONS + VARIANT_PRECISIONS
 # a precision name for every network, or one per component name
 Precision = str | dict[str, str]
@@ -80,7 +83,7 @@ class StableDiffusionPipeline:
         self.backend = backend
         self.options = options
         # component name -> the precision it runs in: a stored variant, or bf16 (fp32 files, bf16 compute)
-        self.precisions = resolve_precisions(artifact, options.precision if precision is None else precision)
+        self.precisions = resolve_precisions(artifact, options.precision if precision is None else precision, backend)
         module = backend_module(backend)
         started = time.perf_counter()
         sessions = {}
@@ -88,7 +91,8 @@ class StableDiffusionPipeline:
             name = artifact.component_for_role(role).spec.name
             chosen = self.precisions[name]
             component = artifact.variant(name, "fp32" if chosen == "bf16" else chosen)
-            compute = "bf16" if chosen == "bf16" else "fp32"
+            # a variant may ask for its float operations in bf16 (int8 on openvino)
+            compute = "bf16" if chosen == "bf16" else component.entry.get("compute", "fp32")
             sessions[role] = (component, module.open_session(component, replace(options, precision=compute)))
         self._unet_component = sessions["denoiser"][0]
         # The open backend sessions by component role, for callers that time or drive the
@@ -263,13 +267,14 @@ def _round_to(value: int, multiple: int) -> int:
     return max(multiple, int(round(value / multiple)) * multiple)
 
 
-def resolve_precisions(artifact: Artifact, precision: Precision) -> dict[str, str]:
-    """{component name: precision} for a load's `precision`.
+def resolve_precisions(artifact: Artifact, precision: Precision, backend: str | None = None) -> dict[str, str]:
+    """{component name: precision} for a load's `precision` on `backend`.
 
     "fp32" and "bf16" apply to every component (bf16: the fp32 files computed in bf16, an
     openvino option). Another name picks that stored variant for every component that has one
     and fp32 for the rest. A dict names the precision per component; components it leaves out
-    run fp32.
+    run fp32. On a backend with its own form of a precision (BACKEND_FORMS: "int8" on
+    onnxruntime), a component that stores that form runs it.
     """
     names = [name for name, entry in artifact.manifest["components"].items()
              if entry["role"] in ("text_encoder", "denoiser", "vae_decoder")]
@@ -277,6 +282,16 @@ def resolve_precisions(artifact: Artifact, precision: Precision) -> dict[str, st
     for value in values:
         if value not in PRECISION_NAMES:
             raise RequestError(f"Unknown precision {value!r}; choose one of: {', '.join(PRECISION_NAMES)}.")
+    forms = BACKEND_FORMS.get(backend, {})
+
+    def form(name: str, value: str) -> str:
+        own = forms.get(value)
+        return own if own in artifact.manifest["components"][name].get("variants", {}) else value
+
+    if isinstance(precision, str) and precision in forms and any(form(n, precision) != precision for n in names):
+        precision = {name: form(name, precision) for name in names if form(name, precision) != precision}
+    elif isinstance(precision, dict):
+        precision = {name: form(name, value) if name in names else value for name, value in precision.items()}
     if isinstance(precision, str):
         if precision in COMPUTE_PRECISIONS:
             return dict.fromkeys(names, precision)

@@ -54,14 +54,18 @@ def _parser() -> argparse.ArgumentParser:
                     "they were made, and measure them against fp32 on the same prompts, seeds and sampler: each "
                     "network's output difference on recorded pipeline inputs, and the PSNR and SSIM of whole "
                     "images. Default networks: fp16 and int4-weights, text encoder and UNet (the SD VAE decoder "
-                    "overflows fp16; name it to convert it too); int8 and int8-weights, all three. int8 is "
-                    "calibrated: the fp32 pipeline first runs on calibration prompts and the UNet's activations are "
-                    "quantized for the inputs it received. Needs the export extra (with nncf).")
+                    "overflows fp16; name it to convert it too) and int8-qdq; int8 and int8-weights, all three. int8 "
+                    "and int8-qdq are calibrated: the fp32 pipeline first runs on calibration prompts and the "
+                    "UNet's activations are quantized for the inputs it received. Needs the export extra (with "
+                    "nncf).")
     quantize.add_argument("artifact", help="the artifact folder")
-    quantize.add_argument("--precision", required=True, choices=list(VARIANT_PRECISIONS),
+    quantize.add_argument("--precision", required=True, choices=["bf16", *VARIANT_PRECISIONS],
                           help="the variant to make: fp16 (ONNX, every backend); int8 (UNet weights and "
                                "activations int8, calibrated; other networks int8 weights), int8-weights or "
-                               "int4-weights (NNCF weight compression): OpenVINO models, the openvino backend only")
+                               "int4-weights (NNCF weight compression): OpenVINO models, the openvino backend only; "
+                               "int8-qdq: ONNX Runtime's int8 (a calibrated static QDQ UNet), which "
+                               "--precision int8 picks on onnxruntime; bf16: no files, OpenVINO's bf16 "
+                               "computation of the fp32 files measured and its report stored")
     quantize.add_argument("--components", nargs="+", default=None, metavar="NAME",
                           help="networks to convert (default: see above)")
     quantize.add_argument("--report-backend", default=None, choices=list(BACKENDS),

@@ -122,6 +122,23 @@ def test_missing_and_unsupported_peers_are_reported_not_run(tmp_path):
         parse_compare("diffusers,automatic1111")
 
 
+def test_a_peers_int8_is_calibrated_on_the_artifacts_int8_calibration_set(tmp_path):
+    """optimum-intel's int8 (hybrid) gets the prompts and sample count sdrt's int8 UNet was
+    calibrated on, and is not run when the artifact has no int8 UNet to take them from."""
+    def check(python, module):
+        return None
+
+    calibration = {"prompts": ["a red circle", "a castle"], "samples": 20, "compute": "bf16"}
+    engines, missing = peer_engines(["optimum-intel"], ["int8"], sys.executable, tmp_path / "checkpoint",
+                                    tmp_path / "latents.npy", tmp_path / "work", check=check,
+                                    calibration=calibration)
+    assert [e.name for e in engines] == ["optimum-intel/int8"] and not missing
+    assert engines[0].spec["calibration"] == calibration
+    engines, missing = peer_engines(["optimum-intel"], ["int8"], sys.executable, tmp_path / "checkpoint",
+                                    tmp_path / "latents.npy", tmp_path / "work", check=check)
+    assert not engines and "sdrt quantize --precision int8" in missing["optimum-intel/int8"]
+
+
 def test_missing_module_names_the_module_and_the_fix():
     assert missing_module(sys.executable, "json") is None
     why = missing_module(sys.executable, "no_such_module_for_sdrt")

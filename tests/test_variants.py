@@ -32,6 +32,11 @@ def test_every_variant_precision_the_runtime_names_has_a_maker():
     from sdrt.runtime.pipeline import VARIANT_PRECISIONS
 
     assert set(MAKERS) == set(VARIANT_PRECISIONS)  # no name a user can ask for that nothing makes
+    from sdrt.models.manifest import SCHEMA_FILE
+
+    schema = json.loads(SCHEMA_FILE.read_text())
+    variant = schema["properties"]["components"]["additionalProperties"]["properties"]["variants"]
+    assert set(VARIANT_PRECISIONS) <= set(variant["additionalProperties"]["properties"]["precision"]["enum"])
 
 
 def test_psnr_and_ssim_match_scikit_image():
@@ -129,15 +134,19 @@ def test_a_failed_quantize_leaves_the_artifact_as_it_was(tiny_artifact, tmp_path
 
 @pytest.mark.parametrize("precision,components,bound", [
     ("fp16", ["text_encoder", "unet", "vae_decoder"], 0.01),  # issue 6: fp16 within 0.01 of fp32
+    ("bf16", None, 0.01),  # issue 6: fp16 and bf16 within 0.01
     ("int8", None, 0.03),  # issue 6: int8 static within 0.03 of fp32
+    ("int8-qdq", None, 0.03),
     ("int8-weights", None, 0.03),  # held to int8's bound
     ("int4-weights", None, None),  # reported as measured
 ])
 def test_variants_keep_the_demo_models_prompt_fidelity(precision, components, bound, tmp_path):
     """Prompt fidelity next to fp32's on 12 evaluation prompts, seed 1 (the closing note and
     README give the 20-prompt figures)."""
-    if precision != "fp16":
+    if precision not in ("fp16", "bf16"):
         pytest.importorskip("nncf")
+    if precision == "bf16":
+        pytest.importorskip("openvino")
     from sdrt.export.variants import make_variants
 
     folder = shutil.copytree(sdrt.demo_artifact(), tmp_path / "demo")
@@ -181,9 +190,10 @@ def test_weight_only_variants_are_openvino_models_with_compressed_weights(precis
 
 
 def test_int8_quantizes_the_unets_activations_on_calibration_inputs_and_the_other_weights(tiny_artifact, tmp_path):
-    """int8 (NNCF's hybrid recipe): the UNet's convolutions take int8 activations with ranges
-    from the inputs the fp32 pipeline gave it on the calibration prompts, its weighted matmuls
-    keep float inputs but int8 weights; the text encoder and VAE decoder get int8 weights only."""
+    """int8 (NNCF post-training quantization): the UNet's convolutions and weighted matmuls take
+    int8 activations, with ranges from the inputs the fp32 pipeline gave it on the calibration
+    prompts, and int8 weights; the text encoder and VAE decoder get int8 weights only; what
+    stays float is computed in bf16 where the CPU has it."""
     pytest.importorskip("nncf")
     ov = pytest.importorskip("openvino")
     folder = shutil.copytree(tiny_artifact, tmp_path / "artifact")
@@ -213,8 +223,9 @@ def test_int8_quantizes_the_unets_activations_on_calibration_inputs_and_the_othe
         if op.get_type_name() in ("Convolution", "MatMul"):
             kinds.setdefault(op.get_type_name(), []).append([producer(op, 0), producer(op, 1)])
     assert all(inputs == ["FakeQuantize", "Multiply"] for inputs in kinds["Convolution"])  # int8 data and weights
-    weighted = [inputs for inputs in kinds["MatMul"] if inputs[1] == "Convert"]
-    assert weighted and all(inputs[0] != "FakeQuantize" for inputs in weighted)  # weights only
+    weighted = [inputs for inputs in kinds["MatMul"] if inputs[1] == "Multiply"]  # int8 weights, dequantized
+    assert len(weighted) >= 4 and all(inputs[0] == "FakeQuantize" for inputs in weighted)
+    assert unet["compute"] == "bf16" and unet["made_by"]["tool"] == "nncf.quantize"
     for name in ("text_encoder", "vae_decoder"):
         variant = manifest["components"][name]["variants"]["int8"]
         assert variant["made_by"]["tool"] == "nncf.compress_weights" and "calibration" not in variant["made_by"]
@@ -222,9 +233,49 @@ def test_int8_quantizes_the_unets_activations_on_calibration_inputs_and_the_othe
         assert not [op for op in model.get_ops() if op.get_type_name() == "FakeQuantize"]
     pipe = sdrt.load(folder, backend="openvino", precision="int8")
     assert set(pipe.precisions.values()) == {"int8"}
+    has_bf16 = "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    hint = pipe.sessions["denoiser"]._compiled.get_property("INFERENCE_PRECISION_HINT")
+    assert hint == (ov.Type.bf16 if has_bf16 else ov.Type.f32)
     assert np.asarray(pipe("a cat", seed=3, num_inference_steps=3).images[0]).std() > 0
-    with pytest.raises(RequestError, match="OpenVINO model"):
+    with pytest.raises(RequestError, match="OpenVINO model.*--precision int8-qdq"):
         sdrt.load(folder, backend="onnxruntime", precision="int8")
     empty = tmp_path / "empty.txt"
     empty.write_text("\n \n", encoding="utf-8")
     assert main(["quantize", str(folder), "--precision", "int8", "--calibration-prompts", str(empty)]) == 2
+
+
+def test_int8_on_onnxruntime_is_a_static_qdq_model_calibrated_on_pipeline_inputs(tiny_artifact, tmp_path):
+    """int8-qdq: onnxruntime.quantization's static QDQ UNet (uint8 activations, int8 weights per
+    channel) with the calibration set recorded; precision="int8" on onnxruntime picks it, and on
+    openvino the OpenVINO form, when the artifact holds both."""
+    import onnx
+
+    folder = shutil.copytree(tiny_artifact, tmp_path / "artifact")
+    assert main(["quantize", str(folder), "--precision", "int8-qdq", "--calibration-steps", "2",
+                 "--report-steps", "2"]) == 0
+    manifest = open_artifact(folder).manifest
+    unet = manifest["components"]["unet"]["variants"]["int8-qdq"]
+    assert unet["format"] == "onnx" and unet["made_by"]["tool"] == "onnxruntime.quantization.quantize_static"
+    assert len(unet["made_by"]["calibration"]["prompts"]) == 8 and manifest["quality_reports"]["int8-qdq"][
+        "backend"] == "onnxruntime"
+    graph = onnx.load(str(folder / unet["path"])).graph
+    producers = {out: node for node in graph.node for out in node.output}
+    initializers = {t.name: t for t in graph.initializer}
+    convolutions = [node for node in graph.node if node.op_type == "Conv"]
+    assert convolutions
+    for conv in convolutions:
+        data, weight = (producers[name] for name in conv.input[:2])
+        assert data.op_type == weight.op_type == "DequantizeLinear"
+        assert producers[data.input[0]].op_type == "QuantizeLinear"  # activations quantized as they run
+        assert initializers[data.input[2]].data_type == onnx.TensorProto.UINT8
+        assert initializers[weight.input[0]].data_type == onnx.TensorProto.INT8  # stored int8
+        assert len(initializers[weight.input[1]].dims) == 1  # one scale per output channel
+    assert "variants" not in manifest["components"]["vae_decoder"]
+
+    pipe = sdrt.load(folder, backend="onnxruntime", precision="int8")  # the form made for this backend
+    assert pipe.precisions == {"text_encoder": "int8-qdq", "unet": "int8-qdq", "vae_decoder": "fp32"}
+    image = np.asarray(pipe("a cat", seed=3, num_inference_steps=3).images[0])
+    fp32 = np.asarray(sdrt.load(folder, backend="onnxruntime")("a cat", seed=3, num_inference_steps=3).images[0])
+    assert 15 < psnr(fp32, image) < float("inf")
+    with pytest.raises(ArtifactError, match="no int8 variant of any network.*--precision int8"):
+        sdrt.load(folder, backend="openvino", precision="int8")

@@ -17,13 +17,15 @@ class OnnxRuntimeSession:
         if options.device not in PROVIDERS:
             raise RequestError(
                 f"The onnxruntime backend runs on: {', '.join(PROVIDERS)}; got device {options.device!r}.")
-        if options.precision not in PRECISIONS:
-            raise RequestError(f"The onnxruntime backend runs the fp32 artifact as exported; precision "
-                               f"{options.precision!r} is an openvino option (use backend='openvino').")
         if component.entry.get("format", "onnx") != "onnx":
             raise RequestError(f"The {component.precision} {component.spec.name} is an OpenVINO model "
                                f"({component.path.name}); run it with backend='openvino', or choose another "
-                               "precision for this network.")
+                               "precision for this network"
+                               + (" (`sdrt quantize --precision int8-qdq` makes ONNX Runtime's int8 form)."
+                                  if component.precision == "int8" else "."))
+        if options.precision not in PRECISIONS:
+            raise RequestError(f"The onnxruntime backend runs the fp32 artifact as exported; precision "
+                               f"{options.precision!r} is an openvino option (use backend='openvino').")
         provider = PROVIDERS[options.device]
         if provider not in ort.get_available_providers():
             raise BackendUnavailableError(f"This onnxruntime build lacks {provider}.")
