@@ -36,6 +36,28 @@ def image_agreement(results: list[EngineResult]) -> tuple[str | None, dict[str, 
                                    for result in with_images}
 
 
+def quality_vs_own_fp32(results: list[EngineResult]) -> dict[str, dict]:
+    """PSNR (dB) and SSIM of each lower-precision engine's image against the fp32 image of the
+    same stack (sdrt/openvino/int8 against sdrt/openvino/fp32, optimum-intel/int8 against
+    optimum-intel/fp32): what its precision costs, apart from how the stacks differ."""
+    from PIL import Image
+
+    from ..kernels.image import psnr, ssim
+
+    images = {result.engine.name: result.image for result in results if result.image is not None}
+    found = {}
+    for name, image in images.items():
+        stack, precision = name.rsplit("/", 1)
+        reference = images.get(f"{stack}/fp32")
+        if precision == "fp32" or reference is None:
+            continue
+        a, b = (np.asarray(Image.open(path).convert("RGB")) for path in (reference, image))
+        value = psnr(a, b)
+        found[name] = {"reference": f"{stack}/fp32", "psnr_db": float(value) if np.isfinite(value) else None,
+                       "ssim": float(ssim(a, b))}
+    return found
+
+
 def ratios(results: list[EngineResult]) -> list[dict]:
     """sdrt / peer for every figure both have, for every sdrt engine and every peer engine."""
     rows = []
@@ -62,6 +84,7 @@ def write_jsonl(path: Path, header: dict, results: list[EngineResult], agreement
     for name, difference in agreement.items():
         lines.append({"type": "agreement", "engine": name, "reference": header.get("reference"),
                       "mean_abs_pixel_difference": difference})
+    lines.extend({"type": "quality", "engine": name, **values} for name, values in quality_vs_own_fp32(results).items())
     lines.extend({"type": "ratio", **row} for row in ratio_rows)
     path.write_text("".join(json.dumps(line) + "\n" for line in lines))
 
@@ -126,6 +149,11 @@ def markdown(header: dict, results: list[EngineResult], agreement: dict[str, flo
     if agreement:
         lines += [f"Mean absolute pixel difference from {header['reference']} (0-255): "
                   + ", ".join(f"{name} {value:.3f}" for name, value in agreement.items()) + ".", ""]
+    quality = quality_vs_own_fp32(results)
+    if quality:
+        lines += ["Against the same stack's fp32 image, PSNR / SSIM: " + ", ".join(
+            f"{name} {'identical' if q['psnr_db'] is None else format(q['psnr_db'], '.1f') + ' dB'} / "
+            f"{q['ssim']:.4f}" for name, q in quality.items()) + ".", ""]
     if any(r.engine.is_peer for r in results):
         peers = [r.engine.name for r in results if r.engine.is_peer]
         lines += ["## sdrt / peer, image end to end (below 1: sdrt is faster)", "",

@@ -108,6 +108,25 @@ def test_report_files_hold_every_figure_ratio_and_agreement(tmp_path):
     assert "![latency](latency.png)" in text
 
 
+def test_each_precision_is_compared_with_its_own_stacks_fp32_image(tmp_path):
+    from sdrt.kernels.image import psnr
+
+    rng = np.random.default_rng(0)
+    fp32 = rng.integers(0, 256, (16, 16, 3)).astype(np.uint8)
+    int8 = np.clip(fp32.astype(int) + rng.integers(-9, 9, fp32.shape), 0, 255).astype(np.uint8)
+    other = rng.integers(0, 256, (16, 16, 3)).astype(np.uint8)  # the peer's fp32 image differs from ours
+    results = [_result(_engine("sdrt/openvino/fp32", "sdrt"), [1.0], fp32, tmp_path),
+               _result(_engine("sdrt/openvino/int8", "sdrt", "int8"), [1.0], int8, tmp_path),
+               _result(_engine("optimum-intel/fp32", "optimum-intel"), [1.0], other, tmp_path),
+               _result(_engine("optimum-intel/int8", "optimum-intel", "int8"), [1.0], other, tmp_path),
+               _result(_engine("sdrt/onnxruntime/int8", "sdrt", "int8"), [1.0], int8, tmp_path)]
+    quality = report.quality_vs_own_fp32(results)
+    assert set(quality) == {"sdrt/openvino/int8", "optimum-intel/int8"}  # no onnxruntime fp32 to compare with
+    assert quality["sdrt/openvino/int8"]["reference"] == "sdrt/openvino/fp32"
+    assert quality["sdrt/openvino/int8"]["psnr_db"] == pytest.approx(psnr(fp32, int8))
+    assert quality["optimum-intel/int8"] == {"reference": "optimum-intel/fp32", "psnr_db": None, "ssim": 1.0}
+
+
 def test_missing_and_unsupported_peers_are_reported_not_run(tmp_path):
     def check(python, module):
         return None if module == "optimum.onnxruntime" else f"{module} does not import"
