@@ -136,13 +136,13 @@ def run_engines(engines: list[Engine], settings: Settings, out: Path,
 
 
 def _prepare_peers(engines: list[Engine], settings: Settings, out: Path, report: Progress) -> None:
-    """Each peer's one-time conversion of the checkpoint, in a process of its own, untimed."""
-    prepared = set()
+    """Each peer engine's one-time conversion of the checkpoint (a precision may have its own:
+    optimum-intel's int8 is a quantized conversion), in a process of its own, untimed; a
+    conversion already made is kept."""
     for engine in engines:
-        if engine.is_peer and engine.kind not in prepared:
-            prepared.add(engine.kind)
-            report(f"{engine.kind}: preparing (its own conversion of the checkpoint, once; not measured)")
-            worker = Worker.start(engine, settings, out / "logs" / f"{engine.kind}-prepare.log")
+        if engine.is_peer:
+            report(f"{engine.name}: preparing (its own conversion of the checkpoint, once; not measured)")
+            worker = Worker.start(engine, settings, out / "logs" / f"{engine.name.replace('/', '-')}-prepare.log")
             try:
                 worker.call("prepare")
             finally:
