@@ -125,10 +125,13 @@ def test_a_failed_quantize_leaves_the_artifact_as_it_was(tiny_artifact, tmp_path
         raise RuntimeError("interrupted while measuring")
 
     monkeypatch.setattr(variants, "measure", fail)
+    killed = folder / "variants" / ".partial-0badf00d" / "unet"  # what a run killed outright leaves
+    killed.mkdir(parents=True)
+    (killed / "model.onnx").write_bytes(b"half written")
     with pytest.raises(RuntimeError, match="interrupted"):
         variants.make_variants(folder, "fp16")
     after = {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
-    assert after == before
+    assert after == before and not list((folder / "variants").iterdir())
     assert main(["quantize", str(folder), "--precision", "fp16", "--components", "vae"]) == 2
 
 
