@@ -305,9 +305,7 @@ def make_variants(artifact_root: str | Path, precision: str, components: Iterabl
                 **entries[name], "path": f"{folder}/{maker.model_file}", "files": files,
                 "quality": component_quality[name]}
         manifest.setdefault("quality_reports", {})[precision] = quality
-        partial = root / f".{MANIFEST_NAME}.{token}"
-        partial.write_text(json.dumps(manifest, indent=2), encoding="utf-8")
-        partial.replace(root / MANIFEST_NAME)
+        _replace_manifest(root, manifest)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return quality
@@ -324,10 +322,15 @@ def _report_bf16(root: Path, prompts: tuple[str, ...], seeds: tuple[int, ...], s
     quality["networks"] = networks
     manifest = artifact.manifest
     manifest.setdefault("quality_reports", {})["bf16"] = quality
+    _replace_manifest(root, manifest)
+    return quality
+
+
+def _replace_manifest(root: Path, manifest: dict) -> None:
+    """Write the manifest beside the old one and rename it over: readers see one or the other."""
     partial = root / f".{MANIFEST_NAME}.{uuid.uuid4().hex[:8]}"
     partial.write_text(json.dumps(manifest, indent=2), encoding="utf-8")
     partial.replace(root / MANIFEST_NAME)
-    return quality
 
 
 class _Recorder:
