@@ -12,7 +12,8 @@ host that implements these few lines (the C++ host does):
 * a tensor of n elements takes the first n values of blocks 0, 1, 2, ... in C order.
 
 Streams keep draws independent of each other: stream 0 is the initial latents, stream
-1 + k the fresh noise of sampler step k.
+1 + k the fresh noise of sampler step k, stream 2^32 the sample drawn from the VAE encoder's
+distribution (image-to-image).
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ _MASK32 = np.uint64(0xFFFFFFFF)
 _SHIFT32 = np.uint64(32)
 
 INITIAL_LATENTS_STREAM = 0
+VAE_SAMPLE_STREAM = 2**32
 
 
 def step_noise_stream(step_index: int) -> int:

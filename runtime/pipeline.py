@@ -1,4 +1,5 @@
-"""Text-to-image on an artifact: tokenize, encode, denoise with a sampler plan, decode.
+"""Text-to-image and image-to-image on an artifact: tokenize, encode, denoise with a sampler
+plan, decode.
 
 Keyword names follow diffusers' StableDiffusionPipeline so that its users feel at home.
 """
@@ -20,8 +21,9 @@ from .backends import SessionOptions, backend_module, best_backend
 from .cache import default_engine_cache
 from .errors import ArtifactError, RequestError
 from .loop import run_plan
-from .noise import INITIAL_LATENTS_STREAM, gaussian_noise, step_noise_stream
-from .samplers import SamplerPlan, compile_plan, default_sampler
+from .image_input import image_size, to_pixels
+from .noise import INITIAL_LATENTS_STREAM, VAE_SAMPLE_STREAM, gaussian_noise, step_noise_stream
+from .samplers import SamplerPlan, compile_img2img_plan, compile_plan, default_sampler
 from .tokenizer import ClipTokenizer
 
 OUTPUT_TYPES = ("pil", "np", "latent")
@@ -40,7 +42,7 @@ StepCallback = Callable[[int, float, np.ndarray], None]
 
 @dataclass(frozen=True)
 class GenerationRequest:
-    """A validated text-to-image request; built by StableDiffusionPipeline.__call__."""
+    """A validated request; built by StableDiffusionPipeline.__call__."""
 
     prompts: tuple[str, ...]
     negative_prompts: tuple[str, ...]
@@ -52,6 +54,7 @@ class GenerationRequest:
     plan: SamplerPlan  # compiled from the sampler name and step count, which it also validates
     num_images_per_prompt: int
     output_type: str
+    pixels: np.ndarray | None = None  # image-to-image: the input image, (1, 3, height, width) in [-1, 1]
 
     @property
     def batch_size(self) -> int:
@@ -72,7 +75,8 @@ class GenerationResult:
 
 
 class StableDiffusionPipeline:
-    """Text-to-image on an sdrt artifact of the SD 1.x / 2.x families, on one backend."""
+    """Text-to-image and image-to-image on an sdrt artifact of the SD 1.x / 2.x families, on one
+    backend."""
 
     def __init__(self, artifact: Artifact, backend: str = "onnxruntime", options: SessionOptions | None = None,
                  precision: Precision | None = None):
@@ -85,6 +89,7 @@ class StableDiffusionPipeline:
         # component name -> the precision it runs in: a stored variant, or bf16 (fp32 files, bf16 compute)
         self.precisions = resolve_precisions(artifact, options.precision if precision is None else precision, backend)
         module = backend_module(backend)
+        self._backend_module = module
         started = time.perf_counter()
         sessions = {}
         for role in ("text_encoder", "denoiser", "vae_decoder"):
@@ -117,11 +122,17 @@ class StableDiffusionPipeline:
     def default_sampler(self) -> str:
         return default_sampler(self.artifact.pipeline["scheduler"])
 
-    def plan(self, num_inference_steps: int, scheduler: str | None = None) -> SamplerPlan:
-        """The sampler plan a request with these settings runs (one UNet call per step)."""
-        return compile_plan(scheduler or self.default_sampler, self.artifact.pipeline["scheduler"], num_inference_steps)
+    def plan(self, num_inference_steps: int, scheduler: str | None = None,
+             strength: float | None = None) -> SamplerPlan:
+        """The sampler plan a request with these settings runs (one UNet call per step);
+        with `strength`, an image-to-image request's."""
+        sampler, config = scheduler or self.default_sampler, self.artifact.pipeline["scheduler"]
+        if strength is None:
+            return compile_plan(sampler, config, num_inference_steps)
+        return compile_img2img_plan(sampler, config, num_inference_steps, strength)
 
     def __call__(self, prompt: str | list[str], negative_prompt: str | list[str] | None = None, *,
+                 image=None, strength: float = 0.8,
                  num_inference_steps: int = 50, guidance_scale: float = 7.5, height: int | None = None,
                  width: int | None = None, seed: int | None = None, scheduler: str | None = None,
                  latents: np.ndarray | None = None, num_images_per_prompt: int = 1, output_type: str = "pil",
@@ -133,9 +144,17 @@ class StableDiffusionPipeline:
         from `seed` through sdrt's portable generator (sdrt.runtime.noise), the same on every
         backend. `callback(step_index, timestep, latents)` runs after every denoising step.
         `result.timings` holds seconds for text encoding, each step and VAE decoding.
+
+        Image-to-image (SDEdit, as diffusers' StableDiffusionImg2ImgPipeline): `image` (a PIL
+        image, or an HWC array in 0-255 uint8 or 0-1 float) is encoded by the VAE encoder (its
+        distribution sampled with the seed's noise), noised to the step `strength` selects, and
+        denoised from there: the last int(num_inference_steps * strength) steps run. Strength 1
+        starts from (almost) pure noise; 0 runs no step and returns the image through the VAE.
+        The size defaults to the image's, rounded down to the model's size step; a PIL image of
+        another size is resized. `latents`, if given, are the noise added to the image's latents.
         """
         request = self._request(prompt, negative_prompt, num_inference_steps, guidance_scale, height, width,
-                                seed, scheduler, num_images_per_prompt, output_type)
+                                seed, scheduler, num_images_per_prompt, output_type, image, strength)
         timings: dict[str, float | list[float]] = {}
         started = time.perf_counter()
 
@@ -153,6 +172,12 @@ class StableDiffusionPipeline:
             if latents.shape != shape:
                 raise RequestError(f"latents must have shape {shape} for this request, got {latents.shape}.")
         latents = latents * np.float32(plan.init_noise_sigma)
+        if request.pixels is not None:
+            tick = time.perf_counter()
+            image_latents = self._encode_image(request.pixels, request.seed)
+            timings["vae_encoder"] = time.perf_counter() - tick
+            # the scheduler's add_noise at the plan's first step (one image for the whole batch)
+            latents = np.float32(plan.init_image_weight) * image_latents + latents
 
         # The UNet's inputs are allocated once and refilled every step; with guidance on, the
         # latents go in twice, as the unconditional and the conditional half of one batch.
@@ -201,7 +226,7 @@ class StableDiffusionPipeline:
         return GenerationResult(images=images, seed=request.seed, plan=plan, timings=timings)
 
     def _request(self, prompt, negative_prompt, steps, guidance, height, width, seed, sampler, per_prompt,
-                 output_type) -> GenerationRequest:
+                 output_type, image=None, strength=0.8) -> GenerationRequest:
         prompts = (prompt,) if isinstance(prompt, str) else tuple(prompt)
         if not prompts or not all(isinstance(p, str) for p in prompts):
             raise RequestError("prompt must be a string or a non-empty list of strings.")
@@ -214,7 +239,8 @@ class StableDiffusionPipeline:
             if len(negatives) != len(prompts):
                 raise RequestError(f"negative_prompt has {len(negatives)} entries for {len(prompts)} prompts; "
                                    "give one per prompt or a single string.")
-        plan = self.plan(steps, sampler)  # refuses bad step counts and unknown samplers
+        # refuses bad step counts, unknown samplers and strengths outside [0, 1]
+        plan = self.plan(steps, sampler, None if image is None else strength)
         try:
             value = float(guidance)
         except (TypeError, ValueError):
@@ -222,6 +248,10 @@ class StableDiffusionPipeline:
         if math.isnan(value) or math.isinf(value) or value < 0:
             raise RequestError(f"guidance_scale must be a finite number >= 0, got {guidance!r}.")
         guidance = value
+        if image is not None:  # the image's own size, rounded down to the size step (diffusers)
+            own = [max(self.size_multiple, side // self.size_multiple * self.size_multiple)
+                   for side in image_size(image)]
+            height, width = own[0] if height is None else height, own[1] if width is None else width
         height = self.default_size[0] if height is None else height
         width = self.default_size[1] if width is None else width
         for name, value in (("height", height), ("width", width)):
@@ -240,8 +270,9 @@ class StableDiffusionPipeline:
             seed = int.from_bytes(os.urandom(8), "little") >> 1
         elif isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64:
             raise RequestError(f"seed must be an integer in [0, 2**64), got {seed!r}.")
+        pixels = None if image is None else to_pixels(image, height, width)
         return GenerationRequest(prompts, negatives, steps, guidance, height, width, seed, plan, per_prompt,
-                                 output_type)
+                                 output_type, pixels)
 
     def _encode(self, request: GenerationRequest) -> np.ndarray:
         """Text embeddings for the UNet: [negative..., positive...] when guidance is on."""
@@ -252,6 +283,25 @@ class StableDiffusionPipeline:
         hidden = self.sessions["text_encoder"].run({"input_ids": ids})["last_hidden_state"]
         # Each prompt's embedding repeated num_images_per_prompt times in a row, as diffusers does.
         return np.repeat(hidden, request.num_images_per_prompt, axis=0)
+
+    def _encode_image(self, pixels: np.ndarray, seed: int) -> np.ndarray:
+        """Scaled latents of one image: a sample of the VAE encoder's diagonal Gaussian, drawn
+        with the seed's own stream (diffusers' DiagonalGaussianDistribution.sample)."""
+        if "vae_encoder" not in self.sessions:
+            # Opened on the first image-to-image request: text-to-image never holds it in memory.
+            component = self.artifact.component_for_role("vae_encoder")
+            decoder = self.artifact.component_for_role("vae_decoder").spec.name
+            compute = "bf16" if self.precisions[decoder] == "bf16" else "fp32"
+            self.sessions["vae_encoder"] = self._backend_module.open_session(
+                component, replace(self.options, precision=compute))
+        parameters = self.sessions["vae_encoder"].run({"sample": pixels})["latent_parameters"]
+        mean, log_variance = np.split(parameters, 2, axis=1)
+        std = np.exp(np.float32(0.5) * np.clip(log_variance, -30.0, 20.0))  # clamped as diffusers does
+        sample = mean + std * gaussian_noise(seed, mean.shape, VAE_SAMPLE_STREAM)
+        pipeline = self.artifact.pipeline
+        if pipeline.get("vae_shift_factor") is not None:
+            sample = sample - np.float32(pipeline["vae_shift_factor"])
+        return (sample * np.float32(pipeline["vae_scaling_factor"])).astype(np.float32)
 
     def _decode(self, latents: np.ndarray) -> np.ndarray:
         pipeline = self.artifact.pipeline

@@ -18,6 +18,7 @@ and computes the update coefficients in float64.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -72,23 +73,29 @@ class PlanStep:
 
 @dataclass(frozen=True)
 class SamplerPlan:
+    """The steps, and where they start: latents = init_image_weight * image latents +
+    init_noise_sigma * standard-normal noise (text-to-image has no image: its weight is 0)."""
+
     sampler: str
     init_noise_sigma: float
     steps: tuple[PlanStep, ...]
+    init_image_weight: float = 0.0
 
     @property
     def history_depth(self) -> int:
-        return max(max(len(s.latent_weights), len(s.output_weights)) for s in self.steps)
+        return max((max(len(s.latent_weights), len(s.output_weights)) for s in self.steps), default=1)
 
     def to_json(self) -> dict:
-        return {"sampler": self.sampler, "init_noise_sigma": self.init_noise_sigma,
+        start = {"init_image_weight": self.init_image_weight} if self.init_image_weight else {}
+        return {"sampler": self.sampler, "init_noise_sigma": self.init_noise_sigma, **start,
                 "steps": [s.to_json() for s in self.steps]}
 
     @classmethod
     def from_json(cls, data: dict) -> "SamplerPlan":
         steps = tuple(PlanStep(float(s["timestep"]), float(s["input_scale"]), tuple(s["latent_weights"]),
                                tuple(s["output_weights"]), float(s.get("noise_weight", 0.0))) for s in data["steps"])
-        return cls(data["sampler"], float(data["init_noise_sigma"]), steps)
+        return cls(data["sampler"], float(data["init_noise_sigma"]), steps,
+                   float(data.get("init_image_weight", 0.0)))
 
 
 class _Linear:
@@ -110,6 +117,27 @@ def default_sampler(scheduler_config: dict) -> str:
 
 def compile_plan(sampler: str, scheduler_config: dict, num_inference_steps: int) -> SamplerPlan:
     """Compile `sampler` for a checkpoint's diffusers scheduler config into a plan."""
+    return _compile(sampler, scheduler_config, num_inference_steps, None)
+
+
+def compile_img2img_plan(sampler: str, scheduler_config: dict, num_inference_steps: int,
+                         strength: float) -> SamplerPlan:
+    """The plan of image-to-image (SDEdit, Meng et al. 2022) as diffusers' img2img pipelines run it:
+    of the `num_inference_steps`-step schedule, the last int(num_inference_steps * strength)
+    steps, starting from the image's latents noised to the first of them (the scheduler's
+    add_noise); multistep samplers start their history afresh there. Strength 0 leaves no step
+    and no noise: the image's latents come back as they are."""
+    if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0.0 <= strength <= 1.0:
+        raise RequestError(f"strength must be a number in [0, 1], got {strength!r}.")
+    if isinstance(num_inference_steps, int) and not isinstance(num_inference_steps, bool):
+        # pipeline_stable_diffusion_img2img.py, get_timesteps
+        kept = min(int(num_inference_steps * strength), num_inference_steps)
+        return _compile(sampler, scheduler_config, num_inference_steps, num_inference_steps - kept)
+    return _compile(sampler, scheduler_config, num_inference_steps, 0)  # refuses the step count
+
+
+def _compile(sampler: str, scheduler_config: dict, num_inference_steps: int, start: int | None) -> SamplerPlan:
+    """start None: text-to-image; else image-to-image from that index of the schedule."""
     if sampler not in SAMPLERS:
         raise RequestError(f"Unknown scheduler {sampler!r}; choose one of: {', '.join(SAMPLERS)}.")
     if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or num_inference_steps < 1:
@@ -144,7 +172,9 @@ def compile_plan(sampler: str, scheduler_config: dict, num_inference_steps: int)
         "ddim": _ddim, "pndm": _pndm, "euler": _euler, "euler_a": _euler_ancestral,
         "dpmpp_2m": _dpmpp_2m, "dpmpp_2m_karras": _dpmpp_2m, "lcm": _lcm,
     }[sampler]
-    return builder(sampler, config, alphas_cumprod, num_inference_steps)
+    if start is None:
+        return builder(sampler, config, alphas_cumprod, num_inference_steps)
+    return builder(sampler, config, alphas_cumprod, num_inference_steps, start)
 
 
 # -- training noise schedule (diffusers: the schedulers' __init__) -------------------------
@@ -221,9 +251,22 @@ def _final_alpha(config: dict, alphas_cumprod: np.ndarray) -> float:
     return 1.0 if config["set_alpha_to_one"] else float(alphas_cumprod[0])
 
 
+def _image_start(name: str, steps: list[PlanStep], noising: Callable[[], tuple[float, float]]) -> SamplerPlan:
+    """An image-to-image plan: `steps`, from image latents noised by `noising()` ->
+    (image weight, noise weight) at the first of them; no steps, no noise."""
+    image_weight, noise_weight = noising() if steps else (1.0, 0.0)
+    return SamplerPlan(name, noise_weight, tuple(steps), image_weight)
+
+
+def _vp_noising(alphas_cumprod: np.ndarray, timestep: int) -> tuple[float, float]:
+    # add_noise of scheduling_ddim.py / _pndm.py / _lcm.py: sqrt(a_t) x0 + sqrt(1 - a_t) noise
+    a = float(alphas_cumprod[int(timestep)])
+    return math.sqrt(a), math.sqrt(1.0 - a)
+
+
 # -- DDIM, eta = 0 (scheduling_ddim.py; Song et al. 2021, eq. 12) --------------------------
 
-def _ddim(name, config, alphas_cumprod, steps):
+def _ddim(name, config, alphas_cumprod, steps, start=None):
     timesteps = _discrete_timesteps(config, steps)
     ratio = int(config["num_train_timesteps"]) // steps
     final = _final_alpha(config, alphas_cumprod)
@@ -233,12 +276,14 @@ def _ddim(name, config, alphas_cumprod, steps):
         eps, x0 = _eps_and_x0(config["prediction_type"], a)
         ca, cb = math.sqrt(a_prev), math.sqrt(1.0 - a_prev)
         plan.append(PlanStep(float(t), 1.0, (ca * x0.x + cb * eps.x,), (ca * x0.out + cb * eps.out,)))
+    if start is not None:
+        return _image_start(name, plan[start:], lambda: _vp_noising(alphas_cumprod, timesteps[start]))
     return SamplerPlan(name, 1.0, tuple(plan))
 
 
 # -- PNDM with skip_prk_steps: PLMS (scheduling_pndm.py; Liu et al. 2022) ------------------
 
-def _pndm(name, config, alphas_cumprod, steps):
+def _pndm(name, config, alphas_cumprod, steps, start=None):
     n, spacing = int(config["num_train_timesteps"]), config["timestep_spacing"]
     if spacing == "linspace":
         base = np.linspace(0, n - 1, steps).round().astype(np.int64)
@@ -247,6 +292,9 @@ def _pndm(name, config, alphas_cumprod, steps):
     else:
         base = np.round(np.arange(n, 0, -n / steps))[::-1].astype(np.int64) - 1
     timesteps = np.concatenate([base[:-1], base[-2:-1], base[-1:]])[::-1]
+    if start is not None:
+        # img2img cuts the (steps + 1)-long PLMS list; its counter, and so its history, restart
+        timesteps = timesteps[start:] if start < steps else timesteps[:0]
     ratio = n // steps
     final = _final_alpha(config, alphas_cumprod)
     # Which earlier outputs the PLMS history holds: the second call's output is never stored.
@@ -285,6 +333,8 @@ def _pndm(name, config, alphas_cumprod, steps):
             latent[sample_index] += out_coeff * math.sqrt(1.0 - a)
         plan.append(PlanStep(float(model_t), 1.0, _weights_back_from(counter, latent),
                              _weights_back_from(counter, outputs)))
+    if start is not None:
+        return _image_start(name, plan, lambda: _vp_noising(alphas_cumprod, timesteps[0]))
     return SamplerPlan(name, 1.0, tuple(plan))
 
 
@@ -325,7 +375,7 @@ def _euler_init_sigma(config, sigmas) -> float:
     return top if config["timestep_spacing"] in ("linspace", "trailing") else math.sqrt(top**2 + 1)
 
 
-def _euler(name, config, alphas_cumprod, steps):
+def _euler(name, config, alphas_cumprod, steps, start=None):
     timesteps, sigmas = _euler_sigmas(config, alphas_cumprod, steps)
     plan = []
     for i, t in enumerate(timesteps):
@@ -335,10 +385,12 @@ def _euler(name, config, alphas_cumprod, steps):
         # x + (x - D) / sigma * dt  (k-diffusion sample_euler)
         plan.append(PlanStep(float(t), 1.0 / math.sqrt(sigma**2 + 1),
                              (1.0 + (1.0 - d.x) / sigma * dt,), (-d.out / sigma * dt,)))
+    if start is not None:  # add_noise: x0 + sigma noise
+        return _image_start(name, plan[start:], lambda: (1.0, float(sigmas[start])))
     return SamplerPlan(name, _euler_init_sigma(config, sigmas), tuple(plan))
 
 
-def _euler_ancestral(name, config, alphas_cumprod, steps):
+def _euler_ancestral(name, config, alphas_cumprod, steps, start=None):
     timesteps, sigmas = _euler_sigmas(config, alphas_cumprod, steps)
     plan = []
     for i, t in enumerate(timesteps):
@@ -349,6 +401,8 @@ def _euler_ancestral(name, config, alphas_cumprod, steps):
         dt = sigma_down - sigma
         plan.append(PlanStep(float(t), 1.0 / math.sqrt(sigma**2 + 1),
                              (1.0 + (1.0 - d.x) / sigma * dt,), (-d.out / sigma * dt,), sigma_up))
+    if start is not None:
+        return _image_start(name, plan[start:], lambda: (1.0, float(sigmas[start])))
     return SamplerPlan(name, _euler_init_sigma(config, sigmas), tuple(plan))
 
 
@@ -395,9 +449,10 @@ def _alpha_sigma(sigma: float) -> tuple[float, float]:
     return alpha, sigma * alpha
 
 
-def _dpmpp_2m(name, config, alphas_cumprod, steps):
+def _dpmpp_2m(name, config, alphas_cumprod, steps, start=None):
     timesteps, sigmas = _dpm_timesteps_and_sigmas(config, alphas_cumprod, steps, karras=name.endswith("karras"))
     count = len(timesteps)
+    first = start or 0  # img2img: the solver's history starts at the first step it runs
     plan = []
     denoised: list[_Linear] = []  # clean-sample estimate of each step, in its own (x, out)
     for i, t in enumerate(timesteps):
@@ -411,6 +466,8 @@ def _dpmpp_2m(name, config, alphas_cumprod, steps):
             config["euler_at_final"] or (config["lower_order_final"] and count < 15)
             or config["final_sigmas_type"] == "zero")
         sigma_next = float(sigmas[i + 1])
+        if i < first:
+            continue
         if sigma_next == 0.0:
             # lambda_t = +inf: the update lands on the clean-sample estimate.
             plan.append(PlanStep(float(t), 1.0, (d0.x,), (d0.out,)))
@@ -418,7 +475,7 @@ def _dpmpp_2m(name, config, alphas_cumprod, steps):
         alpha_t, sig_t = _alpha_sigma(sigma_next)
         h = (math.log(alpha_t) - math.log(sig_t)) - (math.log(alpha_s) - math.log(sig_s))
         phi = alpha_t * (math.exp(-h) - 1.0)
-        if i == 0 or lower_order_final:
+        if i == first or lower_order_final:
             plan.append(PlanStep(float(t), 1.0, (sig_t / sig_s - phi * d0.x,), (-phi * d0.out,)))
             continue
         alpha_p, sig_p = _alpha_sigma(float(sigmas[i - 1]))
@@ -428,12 +485,14 @@ def _dpmpp_2m(name, config, alphas_cumprod, steps):
         # x_t = (sig_t/sig_s) x - phi D0 - 0.5 phi (D0 - D1) / r0  (midpoint form)
         c0, c1 = -phi - 0.5 * phi / r0, 0.5 * phi / r0
         plan.append(PlanStep(float(t), 1.0, (sig_t / sig_s + c0 * d0.x, c1 * d1.x), (c0 * d0.out, c1 * d1.out)))
+    if start is not None:  # add_noise: alpha_t x0 + sigma_t noise at the first sigma
+        return _image_start(name, plan, lambda: _alpha_sigma(float(sigmas[start])))
     return SamplerPlan(name, 1.0, tuple(plan))
 
 
 # -- LCM multistep sampling (scheduling_lcm.py; Luo et al. 2023, alg. 3) -------------------
 
-def _lcm(name, config, alphas_cumprod, steps):
+def _lcm(name, config, alphas_cumprod, steps, start=None):
     n = int(config["num_train_timesteps"])
     original = int(config["original_inference_steps"])
     if steps > original:
@@ -459,4 +518,6 @@ def _lcm(name, config, alphas_cumprod, steps):
         else:
             s = math.sqrt(a_prev)
             plan.append(PlanStep(float(t), 1.0, (s * den.x,), (s * den.out,), math.sqrt(1.0 - a_prev)))
+    if start is not None:
+        return _image_start(name, plan[start:], lambda: _vp_noising(alphas_cumprod, timesteps[start]))
     return SamplerPlan(name, 1.0, tuple(plan))

@@ -114,6 +114,12 @@ def _parser() -> argparse.ArgumentParser:
                                "every backend (default: random, printed)")
     generate.add_argument("--size", default=None,
                           help="WIDTHxHEIGHT in pixels, multiples of the model's size step (default: the model's)")
+    generate.add_argument("--image", default=None, type=Path,
+                          help="image-to-image: start from this picture (PNG, JPEG, ...); the size defaults to "
+                               "its own, rounded down to the model's size step")
+    generate.add_argument("--strength", type=float, default=0.8,
+                          help="with --image: how much to change it, 0 (keep) to 1 (start from noise); the last "
+                               "int(steps x strength) steps run (default 0.8, as diffusers)")
     generate.add_argument("-n", "--num-images", type=int, default=1, help="images to generate (default 1)")
     generate.add_argument("-o", "--output", default="sdrt.png",
                           help="PNG file to write; with -n > 1, NAME-1.png, NAME-2.png, ... (default sdrt.png)")
@@ -400,15 +406,19 @@ def _generate(args) -> int:
     if output.suffix.lower() != ".png":
         raise CommandError(f"--output must be a .png file, got {output.name}.")
     width, height = _parse_size(args.size) if args.size else (None, None)
+    image = _open_image(args.image) if args.image is not None else None
     pipe = _load(args)
-    bar = _progress_bar(len(pipe.plan(args.steps, args.scheduler).steps), "step") if args.steps >= 1 else None
+    strength = args.strength if image is not None else None
+    steps = len(pipe.plan(args.steps, args.scheduler, strength).steps) if args.steps >= 1 else 0
+    bar = _progress_bar(steps, "step") if steps else None
 
     def on_step(index: int, timestep: float, latents) -> None:
         if bar is not None:
             bar.update(1)
 
     try:
-        result = pipe(args.prompt, args.negative, num_inference_steps=args.steps, guidance_scale=args.guidance,
+        result = pipe(args.prompt, args.negative, image=image, strength=args.strength,
+                      num_inference_steps=args.steps, guidance_scale=args.guidance,
                       height=height, width=width, seed=args.seed, scheduler=args.scheduler,
                       num_images_per_prompt=args.num_images, callback=on_step)
     finally:
@@ -419,12 +429,25 @@ def _generate(args) -> int:
     for image, path in zip(result.images, paths):
         _save_png(image, path)
     steps = result.timings["steps"]
-    per_step = sum(steps) / len(steps)
+    per_step = sum(steps) / len(steps) if steps else 0.0
+    encode = f"  encode {result.timings['vae_encoder']:.2f}s" if "vae_encoder" in result.timings else ""
     print(f"wrote {', '.join(str(p) for p in paths)}  {pipe.backend}  seed {result.seed}  "
-          f"sampler {result.plan.sampler}  text {result.timings['text_encoder']:.2f}s  "
+          f"sampler {result.plan.sampler}  text {result.timings['text_encoder']:.2f}s{encode}  "
           f"{len(steps)} steps {per_step:.3f}s/step  vae {result.timings['vae_decoder']:.2f}s  "
           f"total {result.timings['total']:.2f}s")
     return 0
+
+
+def _open_image(path: Path):
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path.expanduser()) as image:
+            return image.convert("RGB")
+    except FileNotFoundError:
+        raise CommandError(f"--image {path}: no such file.") from None
+    except (UnidentifiedImageError, OSError) as error:
+        raise CommandError(f"--image {path} is not an image PIL can read ({error}).") from None
 
 
 def _evaluate(args) -> int:

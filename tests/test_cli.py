@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -15,7 +16,7 @@ def test_help_explains_every_option():
     result = subprocess.run([str(script), "generate", "--help"], capture_output=True, text=True)
     assert result.returncode == 0
     for option in ("--artifact", "--backend", "--steps", "--guidance", "--seed", "--size", "--scheduler",
-                   "--negative", "--precision", "--device", "--output"):
+                   "--negative", "--precision", "--device", "--output", "--image", "--strength"):
         assert option in result.stdout
     module = subprocess.run([sys.executable, "-m", "sdrt", "export", "--help"], capture_output=True, text=True)
     assert module.returncode == 0 and "--allow-pickle" in module.stdout
@@ -57,3 +58,23 @@ def test_bad_size_text(tiny_artifact, tmp_path, capsys):
     assert main(["generate", "x", "--artifact", str(tiny_artifact), "--size", "big", "-o",
                  str(tmp_path / "x.png")]) == 2
     assert "--size must look like 512x512" in capsys.readouterr().err
+
+
+def test_generate_from_an_image(tiny_artifact, tmp_path, capsys):
+    source = tmp_path / "source.png"
+    assert main(["generate", "a circle", "--artifact", str(tiny_artifact), "--steps", "4", "--seed", "1",
+                 "-o", str(source)]) == 0
+    out = tmp_path / "edited.png"
+    assert main(["generate", "a square", "--artifact", str(tiny_artifact), "--image", str(source), "--strength",
+                 "0.5", "--steps", "4", "--scheduler", "euler", "--seed", "2", "-o", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert " 2 steps " in printed and "encode" in printed  # int(4 x 0.5) steps after the VAE encoder
+    with Image.open(source) as before, Image.open(out) as after:
+        assert after.size == before.size
+        assert np.abs(np.asarray(after, np.float32) - np.asarray(before, np.float32)).mean() > 1
+    assert main(["generate", "x", "--artifact", str(tiny_artifact), "--image", str(tmp_path / "missing.png"),
+                 "-o", str(out)]) == 2
+    assert "no such file" in capsys.readouterr().err
+    assert main(["generate", "x", "--artifact", str(tiny_artifact), "--image", str(source), "--strength", "2",
+                 "-o", str(out)]) == 2
+    assert "strength must be a number in [0, 1]" in capsys.readouterr().err

@@ -11,7 +11,7 @@ from sdrt.benchmarks.peer_worker import SCHEDULERS as ORACLES
 from sdrt.models.configs import SD1_SCHEDULER
 from sdrt.runtime.errors import RequestError
 from sdrt.runtime.loop import run_plan
-from sdrt.runtime.samplers import SAMPLERS, SamplerPlan, compile_plan
+from sdrt.runtime.samplers import SAMPLERS, SamplerPlan, compile_img2img_plan, compile_plan
 
 CONFIGS = {
     "sd15": dict(SD1_SCHEDULER),
@@ -85,6 +85,63 @@ def test_plan_matches_diffusers_every_step(sampler, config_name, steps):
     for index, ((_, mine), (_, theirs)) in enumerate(zip(ours, reference)):
         rel = np.abs(mine - theirs).max() / np.abs(theirs).max()
         assert rel <= tolerance, f"{sampler} step {index}: relative error {rel:.2e}"
+
+
+def diffusers_img2img_trajectory(sampler, config, steps, strength, image, noise):
+    """What StableDiffusionImg2ImgPipeline does with the scheduler (get_timesteps, add_noise)."""
+    cls_name, overrides = ORACLES[sampler]
+    scheduler = getattr(diffusers, cls_name).from_config({**config, **overrides})
+    scheduler.set_timesteps(steps)
+    start = steps - min(int(steps * strength), steps)
+    timesteps = scheduler.timesteps[start * scheduler.order:]
+    if hasattr(scheduler, "set_begin_index"):
+        scheduler.set_begin_index(start * scheduler.order)
+    x = scheduler.add_noise(torch.from_numpy(image), torch.from_numpy(noise), timesteps[:1].repeat(SHAPE[0]))
+    initial = x.numpy().copy()
+    generator = torch.Generator().manual_seed(7)
+    result = []
+    for t in timesteps:
+        out = torch.from_numpy(fake_model(scheduler.scale_model_input(x, t).numpy(), float(t)))
+        kwargs = {"generator": generator} if sampler in ("euler_a", "lcm") else {}
+        x = scheduler.step(out, t, x, **kwargs).prev_sample
+        result.append((float(t), x.numpy().copy()))
+    return initial, result
+
+
+@pytest.mark.parametrize("strength", [0.3, 0.75, 1.0])
+@pytest.mark.parametrize("config_name", ["sd15", "v_trailing"])
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_img2img_plan_matches_diffusers_every_step(sampler, config_name, strength):
+    config = CONFIGS[config_name]
+    rng = np.random.default_rng(1)
+    image, noise = (rng.standard_normal(SHAPE).astype(np.float32) for _ in range(2))
+    reference_initial, reference = diffusers_img2img_trajectory(sampler, config, 10, strength, image, noise)
+    plan = compile_img2img_plan(sampler, config, 10, strength)
+    initial = np.float32(plan.init_image_weight) * image + np.float32(plan.init_noise_sigma) * noise
+    assert np.abs(initial - reference_initial).max() <= 1e-5 * np.abs(reference_initial).max()
+    generator = torch.Generator().manual_seed(7)
+    ours = [(step.timestep, x.copy()) for step, (_, x) in zip(plan.steps, run_plan(
+        plan, initial, fake_model, lambda index, shape: torch.randn(shape, generator=generator).numpy()))]
+    assert len(ours) == len(reference) > 0
+    assert [t for t, _ in ours] == pytest.approx([t for t, _ in reference], abs=1e-3)
+    for index, ((_, mine), (_, theirs)) in enumerate(zip(ours, reference)):
+        rel = np.abs(mine - theirs).max() / np.abs(theirs).max()
+        assert rel <= 1e-5, f"{sampler} step {index}: relative error {rel:.2e}"
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_img2img_at_strength_zero_runs_no_step_and_adds_no_noise(sampler):
+    plan = compile_img2img_plan(sampler, SD1_SCHEDULER, 10, 0.0)
+    assert (plan.steps, plan.init_image_weight, plan.init_noise_sigma) == ((), 1.0, 0.0)
+    assert SamplerPlan.from_json(plan.to_json()) == plan
+    # Fewer steps than strength asks for never add a step: 0.05 of 10 is none.
+    assert compile_img2img_plan(sampler, SD1_SCHEDULER, 10, 0.05).steps == ()
+
+
+@pytest.mark.parametrize("strength", [-0.1, 1.5, "0.5", True])
+def test_img2img_strength_outside_zero_one_is_refused(strength):
+    with pytest.raises(RequestError, match="strength must be a number in \\[0, 1\\]"):
+        compile_img2img_plan("euler", SD1_SCHEDULER, 10, strength)
 
 
 def test_zero_terminal_snr_is_refused_where_it_cannot_work():
