@@ -12,7 +12,7 @@ from .source import write_config_folder
 
 
 def build_random_pipeline(config_name: str, folder: Path, seed: int = 0) -> Path:
-    """Write a random-weight SD pipeline of the named config (`tiny`, `sd15`) to `folder`."""
+    """Write a random-weight SD pipeline of the named config (`tiny`, `sd15`, their `-inpainting` forms) to `folder`."""
     import torch
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel

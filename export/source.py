@@ -119,8 +119,12 @@ def write_config_folder(folder: Path, config: dict) -> None:
     """The config files (no weights) of a diffusers SD folder, plus the CLIP tokenizer."""
     from ..models.clip_vocab import write_clip_tokenizer
 
+    from diffusers import __version__ as diffusers_version
+
+    inpainting = config["unet"]["in_channels"] == 9
     index = {
-        "_class_name": "StableDiffusionPipeline",
+        "_class_name": "StableDiffusionInpaintPipeline" if inpainting else "StableDiffusionPipeline",
+        "_diffusers_version": diffusers_version,  # diffusers' inpainting pipeline reads it
         "text_encoder": ["transformers", "CLIPTextModel"],
         "tokenizer": ["transformers", "CLIPTokenizer"],
         "unet": ["diffusers", "UNet2DConditionModel"],

@@ -98,6 +98,11 @@ _CONFIGS["demo"] = {
                   "prediction_type": "v_prediction"},
 }
 
+# The inpainting checkpoints (runwayml's SD 1.5 inpainting): a UNet that also takes the mask
+# and the masked image's latents, 4 + 1 + 4 input channels.
+for _name in ("sd15", "tiny"):
+    _CONFIGS[f"{_name}-inpainting"] = {**_CONFIGS[_name], "unet": {**_CONFIGS[_name]["unet"], "in_channels": 9}}
+
 KNOWN_CONFIGS = tuple(_CONFIGS)
 
 

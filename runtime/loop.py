@@ -15,11 +15,13 @@ Predict = Callable[[np.ndarray, float], np.ndarray]
 NoiseSource = Callable[[int, tuple[int, ...]], np.ndarray]
 
 
-def run_plan(plan: SamplerPlan, latents: np.ndarray, predict: Predict,
-             noise_for_step: NoiseSource) -> Iterator[tuple[int, np.ndarray]]:
+def run_plan(plan: SamplerPlan, latents: np.ndarray, predict: Predict, noise_for_step: NoiseSource,
+             after_step: Callable[[int, np.ndarray], np.ndarray] | None = None) -> Iterator[tuple[int, np.ndarray]]:
     """Yield (step index, latents after the step) for each step of `plan`.
 
     `latents` are the initial latents already multiplied by plan.init_noise_sigma.
+    `after_step(index, latents)`, if given, replaces each step's result before the next step
+    sees it (inpainting puts the known region back).
     The caller owns progress, timing and cancellation: it drives the generator.
     """
     depth = plan.history_depth
@@ -33,4 +35,6 @@ def run_plan(plan: SamplerPlan, latents: np.ndarray, predict: Predict,
         noise = noise_for_step(index, x.shape) if step.noise_weight != 0.0 else None
         x = sampler_update(latents_history, outputs_history, step.latent_weights, step.output_weights,
                            step.noise_weight, noise)
+        if after_step is not None:
+            x = after_step(index, x)
         yield index, x

@@ -21,7 +21,7 @@ from .backends import SessionOptions, backend_module, best_backend
 from .cache import default_engine_cache
 from .errors import ArtifactError, RequestError
 from .loop import run_plan
-from .image_input import image_size, to_pixels
+from .image_input import image_size, nearest_resize, outpaint_canvas, soft_mask, to_mask, to_pixels
 from .noise import INITIAL_LATENTS_STREAM, VAE_SAMPLE_STREAM, gaussian_noise, step_noise_stream
 from .samplers import SamplerPlan, compile_img2img_plan, compile_plan, default_sampler
 from .tokenizer import ClipTokenizer
@@ -55,6 +55,9 @@ class GenerationRequest:
     num_images_per_prompt: int
     output_type: str
     pixels: np.ndarray | None = None  # image-to-image: the input image, (1, 3, height, width) in [-1, 1]
+    mask: np.ndarray | None = None  # inpainting: (1, 1, height, width), 1 where to repaint
+    keep_unmasked: bool = True  # inpainting: put the input's pixels back outside the mask
+    mask_blur: float = 0.0  # inpainting: the seam's softness (Gaussian sigma, pixels)
 
     @property
     def batch_size(self) -> int:
@@ -114,9 +117,12 @@ class StableDiffusionPipeline:
         self.vae_scale_factor = pipeline["vae_scale_factor"]
         self.size_multiple = pipeline.get("size_multiple", self.vae_scale_factor)
         self.default_size = tuple(pipeline["default_size"])
-        if self._unet_component.spec.inputs[0].shape[1] != self.latent_channels:
-            raise ArtifactError("The artifact's UNet does not take plain latents (an inpainting UNet?); "
-                                "text-to-image needs a standard UNet.")
+        unet_channels = self._unet_component.spec.inputs[0].shape[1]
+        # An inpainting UNet (SD inpainting checkpoints) also takes the mask and the masked image's latents.
+        self.inpainting_unet = unet_channels == 2 * self.latent_channels + 1
+        if unet_channels != self.latent_channels and not self.inpainting_unet:
+            raise ArtifactError(f"The artifact's UNet takes {unet_channels} input channels; sdrt runs UNets of "
+                                f"{self.latent_channels} (latents) or {2 * self.latent_channels + 1} (inpainting).")
 
     @property
     def default_sampler(self) -> str:
@@ -132,7 +138,8 @@ class StableDiffusionPipeline:
         return compile_img2img_plan(sampler, config, num_inference_steps, strength)
 
     def __call__(self, prompt: str | list[str], negative_prompt: str | list[str] | None = None, *,
-                 image=None, strength: float = 0.8,
+                 image=None, strength: float | None = None, mask_image=None, keep_unmasked: bool = True,
+                 mask_blur: float = 0.0,
                  num_inference_steps: int = 50, guidance_scale: float = 7.5, height: int | None = None,
                  width: int | None = None, seed: int | None = None, scheduler: str | None = None,
                  latents: np.ndarray | None = None, num_images_per_prompt: int = 1, output_type: str = "pil",
@@ -152,9 +159,18 @@ class StableDiffusionPipeline:
         starts from (almost) pure noise; 0 runs no step and returns the image through the VAE.
         The size defaults to the image's, rounded down to the model's size step; a PIL image of
         another size is resized. `latents`, if given, are the noise added to the image's latents.
+        `strength` defaults to 0.8, and to 1.0 when inpainting (as diffusers' two pipelines).
+
+        Inpainting (as diffusers' StableDiffusionInpaintPipeline): `mask_image` is white (>= 0.5)
+        where to repaint. An inpainting UNet (9 input channels) sees the mask and the masked
+        image; an ordinary one gets the known region put back, noised to the current step, after
+        every step. `keep_unmasked` then puts the input's own pixels back outside the mask (the
+        VAE round trip changes them slightly otherwise), across a seam softened by `mask_blur`
+        (a Gaussian's sigma in pixels; 0: a hard edge, unmasked pixels exactly the input's).
         """
         request = self._request(prompt, negative_prompt, num_inference_steps, guidance_scale, height, width,
-                                seed, scheduler, num_images_per_prompt, output_type, image, strength)
+                                seed, scheduler, num_images_per_prompt, output_type, image, strength, mask_image,
+                                keep_unmasked, mask_blur)
         timings: dict[str, float | list[float]] = {}
         started = time.perf_counter()
 
@@ -171,21 +187,36 @@ class StableDiffusionPipeline:
             latents = np.asarray(latents, dtype=np.float32)
             if latents.shape != shape:
                 raise RequestError(f"latents must have shape {shape} for this request, got {latents.shape}.")
+        noise = latents
         latents = latents * np.float32(plan.init_noise_sigma)
+        extra_channels = None  # an inpainting UNet's mask and masked-image latents
+        keep_known = None
         if request.pixels is not None:
             tick = time.perf_counter()
-            image_latents = self._encode_image(request.pixels, request.seed)
+            image_latents = None
+            if plan.init_image_weight or (request.mask is not None and not self.inpainting_unet):
+                image_latents = self._encode_image(request.pixels, request.seed)
+                # the scheduler's add_noise at the plan's first step (one image for the whole batch)
+                latents = np.float32(plan.init_image_weight) * image_latents + latents
+            if request.mask is not None:
+                latent_mask = nearest_resize(request.mask, *shape[2:])
+                if self.inpainting_unet:
+                    masked = self._encode_image(request.pixels * (request.mask < 0.5), request.seed)
+                    extra_channels = np.concatenate([latent_mask, masked], axis=1)
+                else:
+                    keep_known = _known_region_keeper(plan, image_latents, noise, latent_mask)
             timings["vae_encoder"] = time.perf_counter() - tick
-            # the scheduler's add_noise at the plan's first step (one image for the whole batch)
-            latents = np.float32(plan.init_image_weight) * image_latents + latents
 
         # The UNet's inputs are allocated once and refilled every step; with guidance on, the
         # latents go in twice, as the unconditional and the conditional half of one batch.
         copies = 2 if request.uses_guidance else 1
-        sample = np.empty((copies * shape[0], *shape[1:]), dtype=np.float32)
+        channels = self._unet_component.spec.inputs[0].shape[1]
+        sample = np.empty((copies * shape[0], channels, *shape[2:]), dtype=np.float32)
         timestep_feed = np.empty((sample.shape[0],), dtype=np.float32)
         feeds = {"sample": sample, "timestep": timestep_feed, "encoder_hidden_states": embeddings}
-        halves = np.split(sample, copies)
+        halves = [half[:, :shape[1]] for half in np.split(sample, copies)]
+        if extra_channels is not None:
+            sample[:, shape[1]:] = extra_channels
 
         def predict(scaled: np.ndarray, timestep: float) -> np.ndarray:
             for half in halves:
@@ -197,13 +228,13 @@ class StableDiffusionPipeline:
                 return guide(uncond, cond, request.guidance_scale)
             return out
 
-        def noise(step_index: int, noise_shape: tuple[int, ...]) -> np.ndarray:
+        def step_noise(step_index: int, noise_shape: tuple[int, ...]) -> np.ndarray:
             return gaussian_noise(request.seed, noise_shape, step_noise_stream(step_index))
 
         step_times: list[float] = []
         tick = time.perf_counter()
         final = latents
-        for index, final in run_plan(plan, latents, predict, noise):
+        for index, final in run_plan(plan, latents, predict, step_noise, keep_known):
             step_times.append(time.perf_counter() - tick)
             if callback is not None:
                 callback(index, plan.steps[index].timestep, final)
@@ -218,6 +249,11 @@ class StableDiffusionPipeline:
             decoded = self._decode(final)
             timings["vae_decoder"] = time.perf_counter() - tick
             images = to_unit_range(decoded)
+            if request.mask is not None and request.keep_unmasked:
+                # Outside the (softened) mask, the input's own pixels: [-1, 1] back to [0, 1].
+                weight = soft_mask(request.mask[0, 0], request.mask_blur)[..., np.newaxis]
+                original = (request.pixels[0].transpose(1, 2, 0) + 1) / 2
+                images = (weight * images + (1 - weight) * original).astype(np.float32)
             if request.output_type == "pil":
                 from PIL import Image
 
@@ -225,8 +261,17 @@ class StableDiffusionPipeline:
         timings["total"] = time.perf_counter() - started
         return GenerationResult(images=images, seed=request.seed, plan=plan, timings=timings)
 
+    def outpaint(self, prompt: str | list[str], image, *, left: int = 0, right: int = 0, top: int = 0,
+                 bottom: int = 0, **options) -> GenerationResult:
+        """Extend `image` by the given pixels on each side: the canvas is padded (to the model's
+        size step), the padding masked, and the request inpainted; `options` as for __call__
+        (e.g. negative_prompt, num_inference_steps, seed, mask_blur)."""
+        canvas, mask = outpaint_canvas(image, left, right, top, bottom, self.size_multiple)
+        return self(prompt, image=canvas, mask_image=mask, **options)
+
     def _request(self, prompt, negative_prompt, steps, guidance, height, width, seed, sampler, per_prompt,
-                 output_type, image=None, strength=0.8) -> GenerationRequest:
+                 output_type, image=None, strength=None, mask_image=None, keep_unmasked=True,
+                 mask_blur=0.0) -> GenerationRequest:
         prompts = (prompt,) if isinstance(prompt, str) else tuple(prompt)
         if not prompts or not all(isinstance(p, str) for p in prompts):
             raise RequestError("prompt must be a string or a non-empty list of strings.")
@@ -239,8 +284,20 @@ class StableDiffusionPipeline:
             if len(negatives) != len(prompts):
                 raise RequestError(f"negative_prompt has {len(negatives)} entries for {len(prompts)} prompts; "
                                    "give one per prompt or a single string.")
+        if mask_image is not None and image is None:
+            raise RequestError("mask_image needs the image to inpaint: pass image= too.")
+        if self.inpainting_unet and mask_image is None:
+            raise RequestError("This artifact's UNet is an inpainting UNet: pass image= and mask_image= (white where "
+                               "to repaint).")
+        if not isinstance(mask_blur, (int, float)) or isinstance(mask_blur, bool) or not 0 <= mask_blur <= 64:
+            raise RequestError(f"mask_blur must be a number of pixels in [0, 64], got {mask_blur!r}.")
+        if strength is None:
+            strength = 1.0 if mask_image is not None else 0.8  # diffusers' inpaint and img2img defaults
         # refuses bad step counts, unknown samplers and strengths outside [0, 1]
         plan = self.plan(steps, sampler, None if image is None else strength)
+        if mask_image is not None and strength == 1.0:
+            # diffusers' inpainting at full strength starts from pure noise (is_strength_max)
+            plan = replace(plan, init_image_weight=0.0, init_noise_sigma=self.plan(steps, sampler).init_noise_sigma)
         try:
             value = float(guidance)
         except (TypeError, ValueError):
@@ -271,8 +328,9 @@ class StableDiffusionPipeline:
         elif isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64:
             raise RequestError(f"seed must be an integer in [0, 2**64), got {seed!r}.")
         pixels = None if image is None else to_pixels(image, height, width)
+        mask = None if mask_image is None else to_mask(mask_image, height, width)
         return GenerationRequest(prompts, negatives, steps, guidance, height, width, seed, plan, per_prompt,
-                                 output_type, pixels)
+                                 output_type, pixels, mask, bool(keep_unmasked), float(mask_blur))
 
     def _encode(self, request: GenerationRequest) -> np.ndarray:
         """Text embeddings for the UNet: [negative..., positive...] when guidance is on."""
@@ -311,6 +369,21 @@ class StableDiffusionPipeline:
         # One image at a time keeps the decoder's peak memory independent of the batch.
         return np.concatenate([self.sessions["vae_decoder"].run({"latent_sample": scaled[i:i + 1]})["sample"]
                                for i in range(scaled.shape[0])])
+
+
+def _known_region_keeper(plan: SamplerPlan, image_latents: np.ndarray, noise: np.ndarray,
+                         latent_mask: np.ndarray) -> Callable[[int, np.ndarray], np.ndarray]:
+    """Inpainting with an ordinary UNet: after step i, outside the mask, the image's latents
+    noised (with the request's own initial noise) to step i + 1, and clean after the last
+    (pipeline_stable_diffusion_inpaint.py, num_channels_unet == 4)."""
+    keep = np.float32(1) - latent_mask
+
+    def put_back(index: int, latents: np.ndarray) -> np.ndarray:
+        image_weight, noise_weight = plan.noising[index + 1] if index + 1 < len(plan.steps) else (1.0, 0.0)
+        known = np.float32(image_weight) * image_latents + np.float32(noise_weight) * noise
+        return keep * known + latent_mask * latents
+
+    return put_back
 
 
 def _round_to(value: int, multiple: int) -> int:

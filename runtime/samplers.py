@@ -18,7 +18,6 @@ and computes the update coefficients in float64.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -74,12 +73,17 @@ class PlanStep:
 @dataclass(frozen=True)
 class SamplerPlan:
     """The steps, and where they start: latents = init_image_weight * image latents +
-    init_noise_sigma * standard-normal noise (text-to-image has no image: its weight is 0)."""
+    init_noise_sigma * standard-normal noise (text-to-image has no image: its weight is 0).
+
+    Plans that start from an image also carry `noising`: for each step, the (image weight,
+    noise weight) of the scheduler's add_noise at that step's timestep, with which inpainting
+    re-noises the image's latents to where the loop is."""
 
     sampler: str
     init_noise_sigma: float
     steps: tuple[PlanStep, ...]
     init_image_weight: float = 0.0
+    noising: tuple[tuple[float, float], ...] = ()
 
     @property
     def history_depth(self) -> int:
@@ -87,7 +91,8 @@ class SamplerPlan:
 
     def to_json(self) -> dict:
         start = {"init_image_weight": self.init_image_weight} if self.init_image_weight else {}
-        return {"sampler": self.sampler, "init_noise_sigma": self.init_noise_sigma, **start,
+        noising = {"noising": [list(pair) for pair in self.noising]} if self.noising else {}
+        return {"sampler": self.sampler, "init_noise_sigma": self.init_noise_sigma, **start, **noising,
                 "steps": [s.to_json() for s in self.steps]}
 
     @classmethod
@@ -95,7 +100,8 @@ class SamplerPlan:
         steps = tuple(PlanStep(float(s["timestep"]), float(s["input_scale"]), tuple(s["latent_weights"]),
                                tuple(s["output_weights"]), float(s.get("noise_weight", 0.0))) for s in data["steps"])
         return cls(data["sampler"], float(data["init_noise_sigma"]), steps,
-                   float(data.get("init_image_weight", 0.0)))
+                   float(data.get("init_image_weight", 0.0)),
+                   tuple((float(a), float(b)) for a, b in data.get("noising", ())))
 
 
 class _Linear:
@@ -251,11 +257,11 @@ def _final_alpha(config: dict, alphas_cumprod: np.ndarray) -> float:
     return 1.0 if config["set_alpha_to_one"] else float(alphas_cumprod[0])
 
 
-def _image_start(name: str, steps: list[PlanStep], noising: Callable[[], tuple[float, float]]) -> SamplerPlan:
-    """An image-to-image plan: `steps`, from image latents noised by `noising()` ->
-    (image weight, noise weight) at the first of them; no steps, no noise."""
-    image_weight, noise_weight = noising() if steps else (1.0, 0.0)
-    return SamplerPlan(name, noise_weight, tuple(steps), image_weight)
+def _image_start(name: str, steps: list[PlanStep], noising: list[tuple[float, float]]) -> SamplerPlan:
+    """A plan that starts from an image: `steps`, with the add_noise weights at each of them;
+    it starts from the image's latents noised to the first (no steps: no noise)."""
+    image_weight, noise_weight = noising[0] if steps else (1.0, 0.0)
+    return SamplerPlan(name, noise_weight, tuple(steps), image_weight, tuple(noising))
 
 
 def _vp_noising(alphas_cumprod: np.ndarray, timestep: int) -> tuple[float, float]:
@@ -277,7 +283,7 @@ def _ddim(name, config, alphas_cumprod, steps, start=None):
         ca, cb = math.sqrt(a_prev), math.sqrt(1.0 - a_prev)
         plan.append(PlanStep(float(t), 1.0, (ca * x0.x + cb * eps.x,), (ca * x0.out + cb * eps.out,)))
     if start is not None:
-        return _image_start(name, plan[start:], lambda: _vp_noising(alphas_cumprod, timesteps[start]))
+        return _image_start(name, plan[start:], [_vp_noising(alphas_cumprod, t) for t in timesteps[start:]])
     return SamplerPlan(name, 1.0, tuple(plan))
 
 
@@ -334,7 +340,7 @@ def _pndm(name, config, alphas_cumprod, steps, start=None):
         plan.append(PlanStep(float(model_t), 1.0, _weights_back_from(counter, latent),
                              _weights_back_from(counter, outputs)))
     if start is not None:
-        return _image_start(name, plan, lambda: _vp_noising(alphas_cumprod, timesteps[0]))
+        return _image_start(name, plan, [_vp_noising(alphas_cumprod, t) for t in timesteps])
     return SamplerPlan(name, 1.0, tuple(plan))
 
 
@@ -386,7 +392,7 @@ def _euler(name, config, alphas_cumprod, steps, start=None):
         plan.append(PlanStep(float(t), 1.0 / math.sqrt(sigma**2 + 1),
                              (1.0 + (1.0 - d.x) / sigma * dt,), (-d.out / sigma * dt,)))
     if start is not None:  # add_noise: x0 + sigma noise
-        return _image_start(name, plan[start:], lambda: (1.0, float(sigmas[start])))
+        return _image_start(name, plan[start:], [(1.0, float(sigma)) for sigma in sigmas[start:-1]])
     return SamplerPlan(name, _euler_init_sigma(config, sigmas), tuple(plan))
 
 
@@ -402,7 +408,7 @@ def _euler_ancestral(name, config, alphas_cumprod, steps, start=None):
         plan.append(PlanStep(float(t), 1.0 / math.sqrt(sigma**2 + 1),
                              (1.0 + (1.0 - d.x) / sigma * dt,), (-d.out / sigma * dt,), sigma_up))
     if start is not None:
-        return _image_start(name, plan[start:], lambda: (1.0, float(sigmas[start])))
+        return _image_start(name, plan[start:], [(1.0, float(sigma)) for sigma in sigmas[start:-1]])
     return SamplerPlan(name, _euler_init_sigma(config, sigmas), tuple(plan))
 
 
@@ -486,7 +492,7 @@ def _dpmpp_2m(name, config, alphas_cumprod, steps, start=None):
         c0, c1 = -phi - 0.5 * phi / r0, 0.5 * phi / r0
         plan.append(PlanStep(float(t), 1.0, (sig_t / sig_s + c0 * d0.x, c1 * d1.x), (c0 * d0.out, c1 * d1.out)))
     if start is not None:  # add_noise: alpha_t x0 + sigma_t noise at the first sigma
-        return _image_start(name, plan, lambda: _alpha_sigma(float(sigmas[start])))
+        return _image_start(name, plan, [_alpha_sigma(float(sigma)) for sigma in sigmas[start:-1]])
     return SamplerPlan(name, 1.0, tuple(plan))
 
 
@@ -519,5 +525,5 @@ def _lcm(name, config, alphas_cumprod, steps, start=None):
             s = math.sqrt(a_prev)
             plan.append(PlanStep(float(t), 1.0, (s * den.x,), (s * den.out,), math.sqrt(1.0 - a_prev)))
     if start is not None:
-        return _image_start(name, plan[start:], lambda: _vp_noising(alphas_cumprod, timesteps[start]))
+        return _image_start(name, plan[start:], [_vp_noising(alphas_cumprod, t) for t in timesteps[start:]])
     return SamplerPlan(name, 1.0, tuple(plan))

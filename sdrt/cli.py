@@ -14,6 +14,7 @@ from sdrt.models.demo.evaluation import EVAL_GUIDANCE, EVAL_IMAGE_SEEDS, EVAL_ST
 from sdrt.models.demo.scenes import ATTRIBUTES
 from sdrt.runtime.backends import BACKENDS
 from sdrt.runtime.errors import SdrtError
+from sdrt.runtime.image_input import outpaint_canvas
 from sdrt.runtime.pipeline import VARIANT_PRECISIONS
 from sdrt.runtime.samplers import SAMPLERS
 
@@ -33,14 +34,15 @@ def _parser() -> argparse.ArgumentParser:
                     "tokenizer) to ONNX files plus a manifest (sdrt.json). Needs the export extra: "
                     "pip install 'sdrt[export]'.")
     export.add_argument("checkpoint", help="a diffusers folder, a hub id (when online), or a single .safetensors "
-                                           "file; 'random:tiny' or 'random:sd15' builds random weights of that size")
+                                           "file; 'random:tiny' or 'random:sd15' builds random weights of that size "
+                                           "(random:tiny-inpainting, random:sd15-inpainting: an inpainting UNet)")
     export.add_argument("-o", "--output", required=True, help="the artifact folder to create")
     export.add_argument("--overwrite", action="store_true", help="replace the output folder if it is not empty")
     export.add_argument("--allow-pickle", action="store_true",
                         help="allow .ckpt/.pt pickle checkpoints (loading one runs code from the file)")
     export.add_argument("--config", default="sd15",
-                        help="for a single-file checkpoint: its architecture, a known config (sd15, tiny) or a "
-                             "diffusers folder holding its config files (default sd15)")
+                        help="for a single-file checkpoint: its architecture, a known config (sd15, sd15-inpainting, "
+                             "tiny) or a diffusers folder holding its config files (default sd15)")
     export.add_argument("--no-verify", action="store_true",
                         help="skip measuring each component against PyTorch after export")
     export.add_argument("--precision", default="fp32",
@@ -117,9 +119,17 @@ def _parser() -> argparse.ArgumentParser:
     generate.add_argument("--image", default=None, type=Path,
                           help="image-to-image: start from this picture (PNG, JPEG, ...); the size defaults to "
                                "its own, rounded down to the model's size step")
-    generate.add_argument("--strength", type=float, default=0.8,
+    generate.add_argument("--strength", type=float, default=None,
                           help="with --image: how much to change it, 0 (keep) to 1 (start from noise); the last "
-                               "int(steps x strength) steps run (default 0.8, as diffusers)")
+                               "int(steps x strength) steps run (default 0.8; 1.0 with --mask or --outpaint, as "
+                               "diffusers)")
+    generate.add_argument("--mask", default=None, type=Path,
+                          help="with --image: inpaint, repainting where this mask image is white")
+    generate.add_argument("--outpaint", default=None, metavar="SIDE=PX,...",
+                          help="with --image: extend it, e.g. left=128,right=128 (sides: left, right, top, bottom)")
+    generate.add_argument("--mask-blur", type=float, default=0.0,
+                          help="with --mask or --outpaint: soften the seam where the input's pixels are put back "
+                               "(a Gaussian's sigma in pixels; default 0, a hard edge)")
     generate.add_argument("-n", "--num-images", type=int, default=1, help="images to generate (default 1)")
     generate.add_argument("-o", "--output", default="sdrt.png",
                           help="PNG file to write; with -n > 1, NAME-1.png, NAME-2.png, ... (default sdrt.png)")
@@ -406,10 +416,18 @@ def _generate(args) -> int:
     if output.suffix.lower() != ".png":
         raise CommandError(f"--output must be a .png file, got {output.name}.")
     width, height = _parse_size(args.size) if args.size else (None, None)
-    image = _open_image(args.image) if args.image is not None else None
+    image = _open_image(args.image, "--image") if args.image is not None else None
+    mask = _open_image(args.mask, "--mask") if args.mask is not None else None
+    if image is None and (mask is not None or args.outpaint):
+        raise CommandError("--mask and --outpaint work on an input image: add --image PATH.")
+    if mask is not None and args.outpaint:
+        raise CommandError("Choose --mask (inpaint inside the image) or --outpaint (extend it), not both.")
     pipe = _load(args)
-    strength = args.strength if image is not None else None
-    steps = len(pipe.plan(args.steps, args.scheduler, strength).steps) if args.steps >= 1 else 0
+    if args.outpaint:
+        image, mask = outpaint_canvas(image, **_parse_sides(args.outpaint), multiple=pipe.size_multiple)
+    strength = args.strength if args.strength is not None else 1.0 if mask is not None else 0.8
+    steps = len(pipe.plan(args.steps, args.scheduler, strength if image is not None else None).steps) \
+        if args.steps >= 1 else 0
     bar = _progress_bar(steps, "step") if steps else None
 
     def on_step(index: int, timestep: float, latents) -> None:
@@ -417,7 +435,8 @@ def _generate(args) -> int:
             bar.update(1)
 
     try:
-        result = pipe(args.prompt, args.negative, image=image, strength=args.strength,
+        inpainting = {"mask_image": mask, "mask_blur": args.mask_blur} if mask is not None else {}
+        result = pipe(args.prompt, args.negative, image=image, strength=strength, **inpainting,
                       num_inference_steps=args.steps, guidance_scale=args.guidance,
                       height=height, width=width, seed=args.seed, scheduler=args.scheduler,
                       num_images_per_prompt=args.num_images, callback=on_step)
@@ -438,16 +457,28 @@ def _generate(args) -> int:
     return 0
 
 
-def _open_image(path: Path):
+def _open_image(path: Path, option: str):
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path.expanduser()) as image:
             return image.convert("RGB")
     except FileNotFoundError:
-        raise CommandError(f"--image {path}: no such file.") from None
+        raise CommandError(f"{option} {path}: no such file.") from None
     except (UnidentifiedImageError, OSError) as error:
-        raise CommandError(f"--image {path} is not an image PIL can read ({error}).") from None
+        raise CommandError(f"{option} {path} is not an image PIL can read ({error}).") from None
+
+
+def _parse_sides(text: str) -> dict[str, int]:
+    sides = {}
+    for part in text.split(","):
+        name, _, value = part.partition("=")
+        name = name.strip()
+        if name not in ("left", "right", "top", "bottom") or not value.strip().isdigit() or name in sides:
+            raise CommandError(f"--outpaint takes SIDE=PIXELS pairs, each side once, e.g. left=128,right=64 (sides: "
+                               f"left, right, top, bottom); got {text!r}.")
+        sides[name] = int(value)
+    return sides
 
 
 def _evaluate(args) -> int:

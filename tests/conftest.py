@@ -36,6 +36,21 @@ def tiny_artifact(tiny_checkpoint, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_inpainting_checkpoint(tmp_path_factory) -> Path:
+    pytest.importorskip("diffusers")
+    from sdrt.export.random_model import build_random_pipeline
+
+    return build_random_pipeline("tiny-inpainting", tmp_path_factory.mktemp("tiny-inpainting") / "checkpoint")
+
+
+@pytest.fixture(scope="session")
+def tiny_inpainting_artifact(tiny_inpainting_checkpoint, tmp_path_factory) -> Path:
+    from sdrt.export.exporter import export_checkpoint
+
+    return export_checkpoint(tiny_inpainting_checkpoint, tmp_path_factory.mktemp("tiny-inpainting-artifact") / "artifact")
+
+
+@pytest.fixture(scope="session")
 def backends() -> list[str]:
     from sdrt.runtime.backends import available_backends
 

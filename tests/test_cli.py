@@ -78,3 +78,30 @@ def test_generate_from_an_image(tiny_artifact, tmp_path, capsys):
     assert main(["generate", "x", "--artifact", str(tiny_artifact), "--image", str(source), "--strength", "2",
                  "-o", str(out)]) == 2
     assert "strength must be a number in [0, 1]" in capsys.readouterr().err
+
+
+def test_generate_inpaints_and_outpaints(tiny_artifact, tmp_path, capsys):
+    source, mask, out = tmp_path / "source.png", tmp_path / "mask.png", tmp_path / "out.png"
+    assert main(["generate", "a circle", "--artifact", str(tiny_artifact), "--steps", "3", "--seed", "1",
+                 "-o", str(source)]) == 0
+    square = np.zeros((64, 64), np.uint8)
+    square[8:40, 8:40] = 255
+    Image.fromarray(square).save(mask)
+    assert main(["generate", "a square", "--artifact", str(tiny_artifact), "--image", str(source), "--mask",
+                 str(mask), "--steps", "3", "--scheduler", "euler", "--seed", "2", "-o", str(out)]) == 0
+    assert " 3 steps " in capsys.readouterr().out  # inpainting defaults to strength 1
+    with Image.open(source) as before, Image.open(out) as after:
+        before, after = np.asarray(before), np.asarray(after)
+    np.testing.assert_array_equal(after[square == 0], before[square == 0])
+    assert (after[square > 0] != before[square > 0]).any()
+
+    assert main(["generate", "more", "--artifact", str(tiny_artifact), "--image", str(source), "--outpaint",
+                 "left=16,bottom=8", "--steps", "2", "--seed", "3", "-o", str(out)]) == 0
+    with Image.open(out) as wider:
+        assert wider.size == (80, 72)
+        np.testing.assert_array_equal(np.asarray(wider)[:64, 16:], before)
+    for bad, message in ((["--outpaint", "left=16"], "add --image"),
+                         (["--image", str(source), "--outpaint", "middle=3"], "--outpaint takes SIDE=PIXELS"),
+                         (["--image", str(source), "--outpaint", "left=8", "--mask", str(mask)], "not both")):
+        assert main(["generate", "x", "--artifact", str(tiny_artifact), *bad, "-o", str(out)]) == 2
+        assert message in capsys.readouterr().err

@@ -48,6 +48,12 @@ def test_shipped_artifact_is_the_export_of_the_shipped_folder(tmp_path):
     again = sdrt.export_checkpoint(CHECKPOINT, tmp_path / "again")
     fresh = json.loads((again / "sdrt.json").read_text())
     assert fresh["files"] == shipped["files"], "re-publish: python -m sdrt.models.demo.publish (models/README.md)"
+    # The export's own check against PyTorch is a measurement: its last bits vary with the
+    # machine's kernels (seen across CPUs), so it is compared as a bound, not copied.
+    measured = "max_abs_diff_vs_torch"
+    for entries in (fresh["components"], shipped["components"]):
+        for entry in entries.values():
+            assert entry.pop(measured) <= 1e-4
     assert fresh["components"] == shipped["components"] and fresh["pipeline"] == shipped["pipeline"]
 
 

@@ -99,13 +99,18 @@ def diffusers_img2img_trajectory(sampler, config, steps, strength, image, noise)
     x = scheduler.add_noise(torch.from_numpy(image), torch.from_numpy(noise), timesteps[:1].repeat(SHAPE[0]))
     initial = x.numpy().copy()
     generator = torch.Generator().manual_seed(7)
-    result = []
-    for t in timesteps:
+    result, renoised = [], []
+    for i, t in enumerate(timesteps):
         out = torch.from_numpy(fake_model(scheduler.scale_model_input(x, t).numpy(), float(t)))
         kwargs = {"generator": generator} if sampler in ("euler_a", "lcm") else {}
         x = scheduler.step(out, t, x, **kwargs).prev_sample
         result.append((float(t), x.numpy().copy()))
-    return initial, result
+        if i + 1 < len(timesteps):
+            renoised.append(scheduler.add_noise(torch.from_numpy(image), torch.from_numpy(noise),
+                                                timesteps[i + 1:i + 2].repeat(SHAPE[0])).numpy())
+    # What inpainting re-noises the image to after each step: add_noise at the next timestep
+    # (pipeline_stable_diffusion_inpaint.py, with the scheduler's state after the step).
+    return initial, result, renoised
 
 
 @pytest.mark.parametrize("strength", [0.3, 0.75, 1.0])
@@ -115,7 +120,7 @@ def test_img2img_plan_matches_diffusers_every_step(sampler, config_name, strengt
     config = CONFIGS[config_name]
     rng = np.random.default_rng(1)
     image, noise = (rng.standard_normal(SHAPE).astype(np.float32) for _ in range(2))
-    reference_initial, reference = diffusers_img2img_trajectory(sampler, config, 10, strength, image, noise)
+    reference_initial, reference, renoised = diffusers_img2img_trajectory(sampler, config, 10, strength, image, noise)
     plan = compile_img2img_plan(sampler, config, 10, strength)
     initial = np.float32(plan.init_image_weight) * image + np.float32(plan.init_noise_sigma) * noise
     assert np.abs(initial - reference_initial).max() <= 1e-5 * np.abs(reference_initial).max()
@@ -127,6 +132,11 @@ def test_img2img_plan_matches_diffusers_every_step(sampler, config_name, strengt
     for index, ((_, mine), (_, theirs)) in enumerate(zip(ours, reference)):
         rel = np.abs(mine - theirs).max() / np.abs(theirs).max()
         assert rel <= 1e-5, f"{sampler} step {index}: relative error {rel:.2e}"
+    assert len(plan.noising) == len(plan.steps) and plan.noising[0] == (plan.init_image_weight, plan.init_noise_sigma)
+    for (image_weight, noise_weight), theirs in zip(plan.noising[1:], renoised, strict=True):
+        mine = np.float32(image_weight) * image + np.float32(noise_weight) * noise
+        assert np.abs(mine - theirs).max() <= 1e-5 * np.abs(theirs).max()
+    assert SamplerPlan.from_json(plan.to_json()) == plan
 
 
 @pytest.mark.parametrize("sampler", SAMPLERS)
