@@ -49,11 +49,20 @@ def to_pixels(image, height: int, width: int) -> np.ndarray:
     return (array * 2 - 1).transpose(2, 0, 1)[np.newaxis].astype(np.float32)
 
 
-def to_mask(mask, height: int, width: int) -> np.ndarray:
-    """The mask as (1, 1, height, width) float32: 1 where it is white (>= 0.5), to repaint."""
+def to_mask(mask, height: int, width: int, image_shape: tuple[int, int] | None = None) -> np.ndarray:
+    """The mask as (1, 1, height, width) float32: 1 where it is white (>= 0.5), to repaint.
+    `image_shape` (height, width) is the input image's: a mask must have the same."""
     if hasattr(mask, "size") and hasattr(mask, "convert"):
         from PIL import Image
 
+        if image_shape is not None and mask.size[::-1] != tuple(image_shape):
+            raise RequestError(f"mask_image is {mask.size[0]}x{mask.size[1]} (width x height) and the image "
+                               f"{image_shape[1]}x{image_shape[0]}: give a mask of the image's size.")
+        if mask.mode not in ("1", "L", "LA", "I", "F"):
+            channels = np.asarray(mask.convert("RGB"), dtype=np.int16)
+            if np.abs(channels - channels[..., :1]).max() > 8:
+                raise RequestError("mask_image has colour: a mask is one channel (or grey RGB), white where to "
+                                   "repaint and black elsewhere.")
         mask = mask.convert("L")
         if mask.size != (width, height):
             mask = mask.resize((width, height), Image.LANCZOS)
@@ -74,6 +83,11 @@ def to_mask(mask, height: int, width: int) -> np.ndarray:
             array = array.astype(np.float32)
         else:
             raise RequestError(f"A mask array must be bool, uint8 (0-255) or float (0-1), got {array.dtype}.")
+    # A mask is black and white, with soft edges at most; mostly mid-grey is an image passed by mistake.
+    grey = float(np.mean((array > 0.1) & (array < 0.9)))
+    if grey > 0.25:
+        raise RequestError(f"mask_image does not look like a mask: {grey:.0%} of its pixels are mid-grey; give white "
+                           "where to repaint and black elsewhere.")
     return (array >= 0.5).astype(np.float32)[np.newaxis, np.newaxis]
 
 

@@ -328,7 +328,7 @@ class StableDiffusionPipeline:
         elif isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64:
             raise RequestError(f"seed must be an integer in [0, 2**64), got {seed!r}.")
         pixels = None if image is None else to_pixels(image, height, width)
-        mask = None if mask_image is None else to_mask(mask_image, height, width)
+        mask = None if mask_image is None else to_mask(mask_image, height, width, image_size(image))
         return GenerationRequest(prompts, negatives, steps, guidance, height, width, seed, plan, per_prompt,
                                  output_type, pixels, mask, bool(keep_unmasked), float(mask_blur))
 

@@ -146,3 +146,19 @@ def test_outpainting_extends_the_canvas_and_keeps_the_image(tiny_artifact):
         outpaint_canvas(input_image())
     with pytest.raises(RequestError, match="outpaint left must be"):
         outpaint_canvas(input_image(), left=-8)
+
+
+def test_masks_that_do_not_fit_or_are_not_masks_are_refused(tiny_artifact):
+    pipe = sdrt.load(tiny_artifact)
+    with pytest.raises(RequestError, match="mask_image is 32x32 .* and the image 64x64"):
+        pipe(PROMPT, image=input_image(), mask_image=square_mask(32, 4, 4, 8), num_inference_steps=2)
+    with pytest.raises(RequestError, match="mask_image has colour"):
+        pipe(PROMPT, image=input_image(), mask_image=input_image(), num_inference_steps=2)
+    with pytest.raises(RequestError, match="does not look like a mask: 100% of its pixels are mid-grey"):
+        pipe(PROMPT, image=input_image(), mask_image=Image.new("L", (64, 64), 128), num_inference_steps=2)
+    # A soft-edged mask (a brush's antialiasing) and a grey RGB mask are masks.
+    from PIL import ImageFilter
+
+    soft = square_mask().filter(ImageFilter.GaussianBlur(1.5))
+    pipe(PROMPT, image=input_image(), mask_image=soft, num_inference_steps=1)
+    pipe(PROMPT, image=input_image(), mask_image=square_mask().convert("RGB"), num_inference_steps=1)
