@@ -23,6 +23,7 @@ from .errors import ArtifactError, RequestError
 from .loop import run_plan
 from .image_input import image_size, nearest_resize, outpaint_canvas, soft_mask, to_mask, to_pixels
 from .noise import INITIAL_LATENTS_STREAM, VAE_SAMPLE_STREAM, gaussian_noise, step_noise_stream
+from .prompts import parse_prompt, weigh_embeddings
 from .samplers import SamplerPlan, compile_img2img_plan, compile_plan, default_sampler
 from .tokenizer import ClipTokenizer
 
@@ -337,8 +338,13 @@ class StableDiffusionPipeline:
         texts = list(request.prompts)
         if request.uses_guidance:
             texts = list(request.negative_prompts) + texts
-        ids = self.tokenizer(texts)
+        fragments = [parse_prompt(text) for text in texts]
+        ids, weights = self.tokenizer.weighted(fragments)
         hidden = self.sessions["text_encoder"].run({"input_ids": ids})["last_hidden_state"]
+        emphasized = (weights != 1).any(axis=1)
+        if emphasized.any():  # prompts without weights stay exactly as encoded
+            hidden = hidden.copy()
+            hidden[emphasized] = weigh_embeddings(hidden[emphasized], weights[emphasized])
         # Each prompt's embedding repeated num_images_per_prompt times in a row, as diffusers does.
         return np.repeat(hidden, request.num_images_per_prompt, axis=0)
 

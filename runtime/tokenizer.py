@@ -79,18 +79,30 @@ class ClipTokenizer:
         Text longer than max_length - 2 tokens is truncated with a warning that says how
         many tokens were dropped.
         """
-        rows = []
+        return self.weighted([[(prompt, 1.0)] for prompt in prompts])[0]
+
+    def weighted(self, prompts: list[list[tuple[str, float]]]) -> tuple[np.ndarray, np.ndarray]:
+        """Ids as __call__ gives them, and each token's weight (float32, 1 for the start, end and
+        padding tokens), for prompts given as (fragment, weight) pairs; each fragment is
+        tokenized on its own, as the web UIs do."""
+        rows, weight_rows = [], []
         room = self.max_length - 2
-        for prompt in prompts:
-            ids = self.encode(prompt)
+        for fragments in prompts:
+            ids: list[int] = []
+            weights: list[float] = []
+            for text, weight in fragments:
+                piece = self.encode(text)
+                ids += piece
+                weights += [weight] * len(piece)
             if len(ids) > room:
+                prompt = "".join(text for text, _ in fragments)
                 warnings.warn(
                     f"The prompt is {len(ids)} tokens long; CLIP reads {room}, so the last "
                     f"{len(ids) - room} tokens were dropped: {prompt[:60]!r}...",
                     stacklevel=3,
                 )
-                ids = ids[:room]
-            row = [self.bos_id, *ids, self.eos_id]
-            row += [self.pad_id] * (self.max_length - len(row))
-            rows.append(row)
-        return np.asarray(rows, dtype=np.int64)
+                ids, weights = ids[:room], weights[:room]
+            padding = self.max_length - len(ids) - 2
+            rows.append([self.bos_id, *ids, self.eos_id] + [self.pad_id] * padding)
+            weight_rows.append([1.0, *weights, 1.0] + [1.0] * padding)
+        return np.asarray(rows, dtype=np.int64), np.asarray(weight_rows, dtype=np.float32)
