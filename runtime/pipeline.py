@@ -113,6 +113,12 @@ class StableDiffusionPipeline:
         self.tokenizer = ClipTokenizer.from_folder(
             artifact.file(entry["files"]["vocab"]).parent, bos_id=entry["bos_id"], eos_id=entry["eos_id"],
             pad_id=entry["pad_id"], max_length=entry["max_length"])
+        # Long prompts: as many 77-token chunks as the UNet's text sequence axis takes.
+        text_input = next(t for t in self._unet_component.spec.inputs if t.name == "encoder_hidden_states")
+        sequence = text_input.shape[1]
+        longest = self._unet_component.spec.axis_ranges.get(sequence, (1, entry["max_length"]))[1] \
+            if isinstance(sequence, str) else sequence
+        self.max_prompt_chunks = max(1, longest // entry["max_length"])
         pipeline = artifact.pipeline
         self.latent_channels = pipeline["latent_channels"]
         self.vae_scale_factor = pipeline["vae_scale_factor"]
@@ -339,12 +345,16 @@ class StableDiffusionPipeline:
         if request.uses_guidance:
             texts = list(request.negative_prompts) + texts
         fragments = [parse_prompt(text) for text in texts]
-        ids, weights = self.tokenizer.weighted(fragments)
-        hidden = self.sessions["text_encoder"].run({"input_ids": ids})["last_hidden_state"]
+        ids, weights = self.tokenizer.weighted(fragments, self.max_prompt_chunks)
+        prompts, chunks, length = ids.shape
+        # Each 77-token chunk is encoded on its own; the UNet reads the chunks one after another.
+        hidden = self.sessions["text_encoder"].run({"input_ids": ids.reshape(-1, length)})["last_hidden_state"]
+        weights = weights.reshape(-1, length)
         emphasized = (weights != 1).any(axis=1)
-        if emphasized.any():  # prompts without weights stay exactly as encoded
+        if emphasized.any():  # chunks without weights stay exactly as encoded
             hidden = hidden.copy()
             hidden[emphasized] = weigh_embeddings(hidden[emphasized], weights[emphasized])
+        hidden = hidden.reshape(prompts, chunks * length, hidden.shape[-1])
         # Each prompt's embedding repeated num_images_per_prompt times in a row, as diffusers does.
         return np.repeat(hidden, request.num_images_per_prompt, axis=0)
 

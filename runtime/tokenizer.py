@@ -79,14 +79,20 @@ class ClipTokenizer:
         Text longer than max_length - 2 tokens is truncated with a warning that says how
         many tokens were dropped.
         """
-        return self.weighted([[(prompt, 1.0)] for prompt in prompts])[0]
+        return self.weighted([[(prompt, 1.0)] for prompt in prompts])[0][:, 0]
 
-    def weighted(self, prompts: list[list[tuple[str, float]]]) -> tuple[np.ndarray, np.ndarray]:
-        """Ids as __call__ gives them, and each token's weight (float32, 1 for the start, end and
-        padding tokens), for prompts given as (fragment, weight) pairs; each fragment is
-        tokenized on its own, as the web UIs do."""
-        rows, weight_rows = [], []
+    def weighted(self, prompts: list[list[tuple[str, float]]], max_chunks: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        """Ids and each token's weight (float32; 1 for the start, end and padding tokens), shaped
+        (prompts, chunks, max_length), for prompts given as (fragment, weight) pairs, each
+        fragment tokenized on its own, as the web UIs do.
+
+        A prompt longer than max_length - 2 tokens goes on in further chunks of that many tokens,
+        each with its own start and end token (up to `max_chunks`, beyond which the rest is
+        dropped with a warning that says how many tokens); every prompt gets as many chunks as
+        the longest, the shorter ones filled with empty chunks.
+        """
         room = self.max_length - 2
+        tokenized = []
         for fragments in prompts:
             ids: list[int] = []
             weights: list[float] = []
@@ -94,15 +100,21 @@ class ClipTokenizer:
                 piece = self.encode(text)
                 ids += piece
                 weights += [weight] * len(piece)
-            if len(ids) > room:
+            if len(ids) > room * max_chunks:
                 prompt = "".join(text for text, _ in fragments)
                 warnings.warn(
-                    f"The prompt is {len(ids)} tokens long; CLIP reads {room}, so the last "
-                    f"{len(ids) - room} tokens were dropped: {prompt[:60]!r}...",
+                    f"The prompt is {len(ids)} tokens long; the model reads {room * max_chunks}, so the last "
+                    f"{len(ids) - room * max_chunks} tokens were dropped: {prompt[:60]!r}...",
                     stacklevel=3,
                 )
-                ids, weights = ids[:room], weights[:room]
-            padding = self.max_length - len(ids) - 2
-            rows.append([self.bos_id, *ids, self.eos_id] + [self.pad_id] * padding)
-            weight_rows.append([1.0, *weights, 1.0] + [1.0] * padding)
-        return np.asarray(rows, dtype=np.int64), np.asarray(weight_rows, dtype=np.float32)
+                ids, weights = ids[:room * max_chunks], weights[:room * max_chunks]
+            tokenized.append((ids, weights))
+        chunks = max(1, max(-(-len(ids) // room) for ids, _ in tokenized))
+        id_rows = np.full((len(prompts), chunks, self.max_length), self.pad_id, dtype=np.int64)
+        weight_rows = np.ones((len(prompts), chunks, self.max_length), dtype=np.float32)
+        for row, (ids, weights) in enumerate(tokenized):
+            for chunk in range(chunks):
+                part = ids[chunk * room:(chunk + 1) * room]
+                id_rows[row, chunk, :len(part) + 2] = [self.bos_id, *part, self.eos_id]
+                weight_rows[row, chunk, 1:len(part) + 1] = weights[chunk * room:(chunk + 1) * room]
+        return id_rows, weight_rows

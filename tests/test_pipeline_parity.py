@@ -199,3 +199,42 @@ def test_img2img_size_follows_the_image_and_refuses_bad_input(tiny_artifact):
         pipe(PROMPT, image=np.zeros((64, 64), np.uint8), num_inference_steps=2)
     with pytest.raises(RequestError, match="values in \\[0, 1\\]"):
         pipe(PROMPT, image=np.full((64, 64, 3), 2.0, np.float32), num_inference_steps=2)
+
+
+def chunked_embeddings(pipe, text, chunks):
+    """The long-prompt method built on diffusers' own tokenizer and text encoder: 75-token chunks,
+    each with start and end tokens and padding, encoded one by one and concatenated."""
+    tokenizer = pipe.tokenizer
+    ids = tokenizer(text, add_special_tokens=False).input_ids
+    rows = []
+    for chunk in range(chunks):
+        part = ids[chunk * 75:(chunk + 1) * 75]
+        row = [tokenizer.bos_token_id, *part, tokenizer.eos_token_id]
+        rows.append(row + [tokenizer.pad_token_id] * (77 - len(row)))
+    with torch.no_grad():
+        hidden = pipe.text_encoder(torch.tensor(rows))[0]
+    return hidden.reshape(1, chunks * 77, -1)
+
+
+@pytest.mark.parametrize("backend", list(BACKENDS))
+def test_long_prompt_matches_diffusers_with_chunked_embeddings(tiny_artifact, diffusers_pipe, backend):
+    if backend not in sdrt.available_backends():
+        pytest.skip(f"{backend} is not installed")
+    long_prompt = ", ".join(["a red circle on a blue background"] * 14)  # 2 chunks: 112 tokens
+    latents = gaussian_noise(6, (1, 4, 32, 32))
+    ours = sdrt.load(tiny_artifact, backend=backend)(long_prompt, NEGATIVE, latents=latents, num_inference_steps=4,
+                                                     scheduler="euler", output_type="np").images
+    diffusers_pipe.scheduler = diffusers.EulerDiscreteScheduler.from_config(diffusers_pipe.scheduler.config)
+    with torch.no_grad():
+        theirs = diffusers_pipe(prompt_embeds=chunked_embeddings(diffusers_pipe, long_prompt, 2),
+                                negative_prompt_embeds=chunked_embeddings(diffusers_pipe, NEGATIVE, 2),
+                                latents=torch.from_numpy(latents), num_inference_steps=4, guidance_scale=7.5,
+                                output_type="np").images
+    assert np.abs(ours - theirs).mean() <= 1 / 255
+    # and the second chunk matters: the truncated prompt makes another image
+    short = sdrt.load(tiny_artifact, backend=backend)
+    short.max_prompt_chunks = 1
+    with pytest.warns(UserWarning, match="tokens were dropped"):
+        truncated = short(long_prompt, NEGATIVE, latents=latents, num_inference_steps=4, scheduler="euler",
+                          output_type="np").images
+    assert np.abs(truncated - ours).mean() > 1 / 255

@@ -108,7 +108,24 @@ def test_weights_reach_the_unet(tiny_artifact):
     np.testing.assert_array_equal(unit, plain)  # weight 1 changes nothing, to the bit
     pipe("a (red:1.5) circle", num_inference_steps=1, seed=1, output_type="np")
     ids, weights = pipe.tokenizer.weighted([[("", 1.0)], [("a ", 1.0), ("red", 1.5), (" circle", 1.0)]])
+    ids, weights = ids[:, 0], weights[:, 0]  # one chunk each
     assert weights[1].tolist()[:5] == [1.0, 1.0, 1.5, 1.0, 1.0]
     encoded = pipe.sessions["text_encoder"].run({"input_ids": ids})["last_hidden_state"]
     np.testing.assert_allclose(seen[-1][1], weigh_embeddings(encoded[1:], weights[1:])[0], rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(seen[-1][0], encoded[0])  # the negative prompt has no weights
+
+
+def test_long_prompts_go_on_in_chunks(tiny_artifact):
+    pipe = sdrt.load(tiny_artifact)
+    assert pipe.max_prompt_chunks == 8  # the UNet's text axis takes 8 x 77 tokens
+    words = " ".join(["red"] * 80 + ["blue"] * 80)  # 160 tokens: three chunks of 75, 75, 10
+    ids, weights = pipe.tokenizer.weighted([[(words, 1.0)], [("", 1.0)]], max_chunks=8)
+    assert ids.shape == weights.shape == (2, 3, 77)
+    bos, eos, pad = pipe.tokenizer.bos_id, pipe.tokenizer.eos_id, pipe.tokenizer.pad_id
+    red, blue = pipe.tokenizer.encode("red blue")
+    assert ids[0, 0].tolist() == [bos] + [red] * 75 + [eos]
+    assert ids[0, 1].tolist() == [bos] + [red] * 5 + [blue] * 70 + [eos]
+    assert ids[0, 2].tolist() == [bos] + [blue] * 10 + [eos] + [pad] * 65
+    assert ids[1, 1].tolist() == [bos, eos] + [pad] * 75  # the negative prompt fills with empty chunks
+    with pytest.warns(UserWarning, match="the model reads 150, so the last 10 tokens were dropped"):
+        assert pipe.tokenizer.weighted([[(words, 1.0)]], max_chunks=2)[0].shape == (1, 2, 77)
