@@ -26,6 +26,8 @@ from .noise import INITIAL_LATENTS_STREAM, VAE_SAMPLE_STREAM, gaussian_noise, st
 from .prompts import parse_prompt, weigh_embeddings
 from .samplers import SamplerPlan, compile_img2img_plan, compile_plan, default_sampler
 from .tokenizer import ClipTokenizer
+from .watermark import MIN_PIXELS as WATERMARK_MIN_PIXELS
+from .watermark import embed as embed_watermark
 
 OUTPUT_TYPES = ("pil", "np", "latent")
 # fp32 and bf16 compute on the exported files; the others are variants `sdrt quantize` makes and stores
@@ -146,7 +148,7 @@ class StableDiffusionPipeline:
 
     def __call__(self, prompt: str | list[str], negative_prompt: str | list[str] | None = None, *,
                  image=None, strength: float | None = None, mask_image=None, keep_unmasked: bool = True,
-                 mask_blur: float = 0.0,
+                 mask_blur: float = 0.0, watermark: bool = False,
                  num_inference_steps: int = 50, guidance_scale: float = 7.5, height: int | None = None,
                  width: int | None = None, seed: int | None = None, scheduler: str | None = None,
                  latents: np.ndarray | None = None, num_images_per_prompt: int = 1, output_type: str = "pil",
@@ -174,10 +176,18 @@ class StableDiffusionPipeline:
         every step. `keep_unmasked` then puts the input's own pixels back outside the mask (the
         VAE round trip changes them slightly otherwise), across a seam softened by `mask_blur`
         (a Gaussian's sigma in pixels; 0: a hard edge, unmasked pixels exactly the input's).
+
+        `watermark=True` marks every image invisibly as Stable Diffusion's own scripts did
+        (sdrt.runtime.watermark; images of 256x256 pixels or more).
         """
+        if watermark and output_type == "latent":
+            raise RequestError("watermark marks images; output_type='latent' returns latents.")
         request = self._request(prompt, negative_prompt, num_inference_steps, guidance_scale, height, width,
                                 seed, scheduler, num_images_per_prompt, output_type, image, strength, mask_image,
                                 keep_unmasked, mask_blur)
+        if watermark and request.height * request.width < WATERMARK_MIN_PIXELS:
+            raise RequestError(f"The invisible watermark needs images of at least 256x256 pixels; this request makes "
+                               f"{request.width}x{request.height}.")
         timings: dict[str, float | list[float]] = {}
         started = time.perf_counter()
 
@@ -261,10 +271,13 @@ class StableDiffusionPipeline:
                 weight = soft_mask(request.mask[0, 0], request.mask_blur)[..., np.newaxis]
                 original = (request.pixels[0].transpose(1, 2, 0) + 1) / 2
                 images = (weight * images + (1 - weight) * original).astype(np.float32)
+            if watermark:
+                marked = np.stack([embed_watermark(image) for image in to_uint8(images)])
+                images = marked if request.output_type == "pil" else marked.astype(np.float32) / np.float32(255)
             if request.output_type == "pil":
                 from PIL import Image
 
-                images = [Image.fromarray(image) for image in to_uint8(images)]
+                images = [Image.fromarray(image) for image in (images if watermark else to_uint8(images))]
         timings["total"] = time.perf_counter() - started
         return GenerationResult(images=images, seed=request.seed, plan=plan, timings=timings)
 

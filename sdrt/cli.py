@@ -130,6 +130,9 @@ def _parser() -> argparse.ArgumentParser:
     generate.add_argument("--mask-blur", type=float, default=0.0,
                           help="with --mask or --outpaint: soften the seam where the input's pixels are put back "
                                "(a Gaussian's sigma in pixels; default 0, a hard edge)")
+    generate.add_argument("--watermark", action="store_true",
+                          help="mark the images invisibly as Stable Diffusion's own scripts did (the "
+                               "invisible-watermark package's dwtDct, payload StableDiffusionV1); 256x256 or more")
     generate.add_argument("-n", "--num-images", type=int, default=1, help="images to generate (default 1)")
     generate.add_argument("-o", "--output", default="sdrt.png",
                           help="PNG file to write; with -n > 1, NAME-1.png, NAME-2.png, ... (default sdrt.png)")
@@ -146,6 +149,14 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--seeds", type=int, nargs="+", default=list(EVAL_IMAGE_SEEDS),
                           help="seeds per prompt (default: 1 2)")
     evaluate.add_argument("--json", action="store_true", help="print the scores as one JSON object")
+
+    watermark = commands.add_parser(
+        "watermark", help="check images for the invisible watermark",
+        description="Read the invisible watermark Stable Diffusion's scripts (and `sdrt generate --watermark`) put "
+                    "on images. Exit status 0 when every image carries it, 1 otherwise. Images with large flat "
+                    "areas may not carry it readably (a limit of the dwtDct scheme).")
+    watermark.add_argument("action", choices=["check"], help="check: read the mark")
+    watermark.add_argument("images", nargs="+", type=Path, help="image files")
 
     bench_command.add_parser(commands)
     return parser
@@ -216,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
             return _quantize(args)
         if args.command == "eval":
             return _evaluate(args)
+        if args.command == "watermark":
+            return _check_watermarks(args)
         return _generate(args)
     except (SdrtError, CommandError) as error:
         print(f"sdrt: error: {error}", file=sys.stderr)
@@ -439,7 +452,7 @@ def _generate(args) -> int:
         result = pipe(args.prompt, args.negative, image=image, strength=strength, **inpainting,
                       num_inference_steps=args.steps, guidance_scale=args.guidance,
                       height=height, width=width, seed=args.seed, scheduler=args.scheduler,
-                      num_images_per_prompt=args.num_images, callback=on_step)
+                      num_images_per_prompt=args.num_images, watermark=args.watermark, callback=on_step)
     finally:
         if bar is not None:
             bar.close()
@@ -467,6 +480,20 @@ def _open_image(path: Path, option: str):
         raise CommandError(f"{option} {path}: no such file.") from None
     except (UnidentifiedImageError, OSError) as error:
         raise CommandError(f"{option} {path} is not an image PIL can read ({error}).") from None
+
+
+def _check_watermarks(args) -> int:
+    import numpy as np
+
+    from sdrt.runtime.watermark import STABLE_DIFFUSION_MARK, read
+
+    every = True
+    for path in args.images:
+        found = read(np.asarray(_open_image(path, "image")), len(STABLE_DIFFUSION_MARK))
+        marked = found == STABLE_DIFFUSION_MARK
+        every &= marked
+        print(f"{path}: {'watermarked (' + found.decode() + ')' if marked else 'no watermark found'}")
+    return 0 if every else 1
 
 
 def _parse_sides(text: str) -> dict[str, int]:
