@@ -46,8 +46,8 @@ def test_small_images_are_refused(tiny_artifact):
 def test_generate_marks_and_check_reads(tiny_artifact, tmp_path, capsys):
     marked, plain = tmp_path / "marked.png", tmp_path / "plain.png"
     for path, extra in ((marked, ["--watermark"]), (plain, [])):
-        assert main(["generate", "a castle", "--artifact", str(tiny_artifact), "--size", "512x512", "--steps", "1", "--guidance", "1",
-                     "--seed", "4", "-o", str(path), *extra]) == 0
+        assert main(["generate", "a castle", "--artifact", str(tiny_artifact), "--size", "512x512", "--steps", "1",
+                     "--guidance", "1", "--seed", "4", "-o", str(path), *extra]) == 0
     capsys.readouterr()
     assert main(["watermark", "check", str(marked)]) == 0
     assert "watermarked (StableDiffusionV1)" in capsys.readouterr().out
