@@ -47,7 +47,8 @@ def tiny_inpainting_checkpoint(tmp_path_factory) -> Path:
 def tiny_inpainting_artifact(tiny_inpainting_checkpoint, tmp_path_factory) -> Path:
     from sdrt.export.exporter import export_checkpoint
 
-    return export_checkpoint(tiny_inpainting_checkpoint, tmp_path_factory.mktemp("tiny-inpainting-artifact") / "artifact")
+    folder = tmp_path_factory.mktemp("tiny-inpainting-artifact")
+    return export_checkpoint(tiny_inpainting_checkpoint, folder / "artifact")
 
 
 @pytest.fixture(scope="session")
