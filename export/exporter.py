@@ -11,7 +11,7 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from importlib import metadata
 from pathlib import Path
 
@@ -19,6 +19,7 @@ from ..models import components as descriptors
 from ..models.components import random_feeds
 from ..models.manifest import FORMAT, MANIFEST_NAME, SCHEMA_VERSION, sha256_file
 from ..runtime.plan_file import PLAN_FILE, write_plan_file
+from .lora import LoraSpec, merge_lora
 from .onnx_export import OPSET, component_modules, export_component
 from .openvino_tokenizer import write_openvino_tokenizer
 from .source import ExportError, resolve_checkpoint
@@ -31,12 +32,18 @@ COMPONENTS = ("text_encoder", "unet", "vae_decoder", "vae_encoder")
 
 def export_checkpoint(source: str | os.PathLike, output: str | os.PathLike, *, allow_pickle: bool = False,
                       overwrite: bool = False, verify: bool = True, single_file_config: str = "sd15",
-                      progress: Progress | None = None) -> Path:
+                      loras: Sequence[LoraSpec | str] = (), progress: Progress | None = None) -> Path:
     """Export a Stable Diffusion checkpoint to an sdrt artifact folder and return its path.
 
     `source` is a local diffusers folder, a hub id, or a single .safetensors file, whose
     architecture `single_file_config` names (a models.configs name or a folder of configs).
+    `loras` ("file.safetensors:0.8" or LoraSpec) are merged into the UNet and text encoder
+    weights first, in order (export.lora); the manifest records them.
     """
+    loras = [spec if isinstance(spec, LoraSpec) else LoraSpec.parse(spec) for spec in loras]
+    for spec in loras:
+        if not spec.path.is_file():
+            raise ExportError(f"LoRA file {spec.path} does not exist.")
     output = Path(output).expanduser().resolve()
     if output.exists() and not output.is_dir():
         raise ExportError(f"Output {output} exists and is not a folder; choose another path.")
@@ -52,7 +59,7 @@ def export_checkpoint(source: str | os.PathLike, output: str | os.PathLike, *, a
     try:
         checkpoint = resolve_checkpoint(str(source), allow_pickle=allow_pickle, work_dir=scratch,
                                         single_file_config=single_file_config)
-        _export_into(checkpoint.folder, checkpoint.description, staging, verify, report)
+        _export_into(checkpoint.folder, checkpoint.description, staging, verify, report, loras)
         if output.exists():
             shutil.rmtree(output)
         staging.rename(output)
@@ -68,7 +75,8 @@ def _read_json(path: Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def _export_into(folder: Path, description: str, target: Path, verify: bool, report: Progress) -> None:
+def _export_into(folder: Path, description: str, target: Path, verify: bool, report: Progress,
+                 loras: Sequence[LoraSpec] = ()) -> None:
     import torch
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel
@@ -103,6 +111,7 @@ def _export_into(folder: Path, description: str, target: Path, verify: bool, rep
         text_encoder = CLIPTextModel.from_pretrained(folder / "text_encoder", torch_dtype=torch.float32)
         unet = UNet2DConditionModel.from_pretrained(folder / "unet", torch_dtype=torch.float32)
         vae = AutoencoderKL.from_pretrained(folder / "vae", torch_dtype=torch.float32)
+    merged = [merge_lora({"unet": unet, "text_encoder": text_encoder}, spec) for spec in loras]
     modules = component_modules(text_encoder, unet, vae)
     configs = {"text_encoder": text_config, "unet": unet_config, "vae_decoder": vae_config, "vae_encoder": vae_config}
 
@@ -152,6 +161,7 @@ def _export_into(folder: Path, description: str, target: Path, verify: bool, rep
             "source": description,
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "versions": _versions(),
+            **({"loras": merged} if merged else {}),
         },
     }
     (target / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2))

@@ -38,6 +38,9 @@ def _parser() -> argparse.ArgumentParser:
                                            "(random:tiny-inpainting, random:sd15-inpainting: an inpainting UNet)")
     export.add_argument("-o", "--output", required=True, help="the artifact folder to create")
     export.add_argument("--overwrite", action="store_true", help="replace the output folder if it is not empty")
+    export.add_argument("--lora", action="append", default=[], metavar="FILE[:STRENGTH]",
+                        help="merge a LoRA (.safetensors; kohya/A1111 or diffusers/PEFT keys) into the UNet and text "
+                             "encoder before export, at STRENGTH (default 1.0); repeat for several")
     export.add_argument("--allow-pickle", action="store_true",
                         help="allow .ckpt/.pt pickle checkpoints (loading one runs code from the file)")
     export.add_argument("--config", default="sd15",
@@ -326,6 +329,7 @@ def _export(args) -> int:
         source = str(build_random_pipeline(source.split(":", 1)[1], Path(scratch.name) / "checkpoint"))
     try:
         path = export_checkpoint(source, args.output, allow_pickle=args.allow_pickle, overwrite=args.overwrite,
+                                 loras=args.lora,
                                  verify=not args.no_verify, single_file_config=args.config, progress=progress)
     finally:
         if bar is not None:
