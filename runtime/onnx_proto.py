@@ -97,3 +97,78 @@ def external_data_locations(path: Path) -> set[str]:
                     elif child is not None:
                         stack.append((child, s, e))
     return locations
+
+
+# TensorProto fields (onnx.proto3) and the element types read here
+_DIMS, _DATA_TYPE, _FLOAT_DATA, _NAME, _RAW_DATA, _DATA_LOCATION = 1, 2, 4, 8, 9, 14
+_DTYPES = {1: "<f4", 10: "<f2", 11: "<f8"}
+
+
+def _any_fields(buf, start: int, end: int) -> Iterator[tuple[int, int, object]]:
+    """(field number, wire type, value) of every field: an int for varints, (start, end) else."""
+    pos = start
+    while pos < end:
+        key, pos = _varint(buf, pos)
+        field, wire = key >> 3, key & 7
+        if wire == 0:
+            value, pos = _varint(buf, pos)
+            yield field, wire, value
+        elif wire in (1, 5):
+            size = 8 if wire == 1 else 4
+            yield field, wire, (pos, pos + size)
+            pos += size
+        elif wire == 2:
+            length, pos = _varint(buf, pos)
+            if pos + length > end:
+                raise ProtobufError("field runs past its message")
+            yield field, wire, (pos, pos + length)
+            pos += length
+        else:
+            raise ProtobufError(f"unsupported wire type {wire}")
+
+
+def initializer(path: Path, name_suffix: str):
+    """(name, float32 array) of the graph initializer whose name ends with `name_suffix` (float
+    types, raw or external data), or None when the graph has none."""
+    import numpy as np
+
+    with open(path, "rb") as handle:
+        size = handle.seek(0, 2)
+        with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+            graphs = [(s, e) for field, s, e in _fields(buf, 0, size) if field == 7]
+            for graph_start, graph_end in graphs:
+                for field, s, e in _fields(buf, graph_start, graph_end):
+                    if field != 5:
+                        continue
+                    tensor = {"dims": [], "external": {}}
+                    for number, wire, value in _any_fields(buf, s, e):
+                        if number == _DIMS and wire == 0:
+                            tensor["dims"].append(value)
+                        elif number == _DIMS:
+                            pos, stop = value
+                            while pos < stop:
+                                dim, pos = _varint(buf, pos)
+                                tensor["dims"].append(dim)
+                        elif number == _DATA_TYPE:
+                            tensor["type"] = value
+                        elif number == _NAME:
+                            tensor["name"] = bytes(buf[value[0]:value[1]]).decode("utf-8")
+                        elif number in (_RAW_DATA, _FLOAT_DATA):
+                            tensor["data"] = bytes(buf[value[0]:value[1]])
+                        elif number == _TENSOR_EXTERNAL_DATA:
+                            key, entry = _entry(buf, *value)
+                            tensor["external"][key] = entry
+                    if not tensor.get("name", "").endswith(name_suffix):
+                        continue
+                    if tensor.get("type") not in _DTYPES:
+                        raise ProtobufError(f"initializer {tensor['name']} has element type {tensor.get('type')}")
+                    dtype = _DTYPES[tensor["type"]]
+                    if "location" in tensor["external"]:
+                        location = path.parent / tensor["external"]["location"]
+                        offset = int(tensor["external"].get("offset", 0))
+                        count = int(np.prod(tensor["dims"], dtype=np.int64))
+                        data = np.fromfile(location, dtype=dtype, count=count, offset=offset)
+                    else:
+                        data = np.frombuffer(tensor.get("data", b""), dtype=dtype)
+                    return tensor["name"], data.reshape(tensor["dims"]).astype(np.float32)
+    return None

@@ -25,6 +25,7 @@ from .image_input import image_size, nearest_resize, outpaint_canvas, soft_mask,
 from .noise import INITIAL_LATENTS_STREAM, VAE_SAMPLE_STREAM, gaussian_noise, step_noise_stream
 from .prompts import parse_prompt, weigh_embeddings
 from .samplers import SamplerPlan, compile_img2img_plan, compile_plan, default_sampler
+from .textual_inversion import load_embedding
 from .tokenizer import ClipTokenizer
 from .watermark import MIN_PIXELS as WATERMARK_MIN_PIXELS
 from .watermark import embed as embed_watermark
@@ -98,6 +99,7 @@ class StableDiffusionPipeline:
         self._backend_module = module
         started = time.perf_counter()
         sessions = {}
+        self._computes = {}  # role -> the compute precision its session was opened with
         for role in ("text_encoder", "denoiser", "vae_decoder"):
             name = artifact.component_for_role(role).spec.name
             chosen = self.precisions[name]
@@ -105,7 +107,10 @@ class StableDiffusionPipeline:
             # a variant may ask for its float operations in bf16 (int8 on openvino)
             compute = "bf16" if chosen == "bf16" else component.entry.get("compute", "fp32")
             sessions[role] = (component, module.open_session(component, replace(options, precision=compute)))
+            self._computes[role] = compute
         self._unet_component = sessions["denoiser"][0]
+        self._text_encoder_component = sessions["text_encoder"][0]
+        self._token_embeddings: np.ndarray | None = None  # textual-inversion vectors, in id order
         # The open backend sessions by component role, for callers that time or drive the
         # networks themselves (`sdrt bench`) or wrap them (the variant quality reports record
         # the networks' inputs); every call goes through this dict.
@@ -280,6 +285,28 @@ class StableDiffusionPipeline:
                 images = [Image.fromarray(image) for image in (images if watermark else to_uint8(images))]
         timings["total"] = time.perf_counter() - started
         return GenerationResult(images=images, seed=request.seed, plan=plan, timings=timings)
+
+    def load_textual_inversion(self, path: str | os.PathLike, token: str | None = None) -> str:
+        """Teach the pipeline a word from a textual-inversion embedding file (.safetensors: the
+        diffusers layout, whose tensor is named after the word, or AUTOMATIC1111's, named by the
+        file); `token` names the word instead. Returns the word, to use in prompts. The text
+        encoder's session reopens with the new vectors appended to its token table; the
+        artifact's files are not touched."""
+        width = self._text_encoder_component.spec.outputs[0].shape[-1]
+        word, vectors = load_embedding(path, width, token)
+        if word.lower() in self.tokenizer.added:
+            raise RequestError(f"An embedding for {word!r} is loaded already; name this one with token=...")
+        if word.lower() + "</w>" in self.tokenizer.encoder:
+            raise RequestError(f"{word!r} is a word CLIP knows already; name the embedding with token=... (e.g. "
+                               f"'<{word}>').")
+        first = len(self.tokenizer.encoder) + (0 if self._token_embeddings is None else len(self._token_embeddings))
+        table = vectors if self._token_embeddings is None else np.concatenate([self._token_embeddings, vectors])
+        session = self._backend_module.open_session(self._text_encoder_component, replace(
+            self.options, precision=self._computes["text_encoder"], token_embeddings=table))
+        self.sessions["text_encoder"] = session
+        self._token_embeddings = table
+        self.tokenizer.add_word(word, list(range(first, first + len(vectors))))
+        return word
 
     def outpaint(self, prompt: str | list[str], image, *, left: int = 0, right: int = 0, top: int = 0,
                  bottom: int = 0, **options) -> GenerationResult:

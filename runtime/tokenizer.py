@@ -31,6 +31,8 @@ class ClipTokenizer:
         self.bos_id, self.eos_id, self.pad_id = bos_id, eos_id, pad_id
         self.max_length = max_length
         self._cache: dict[str, str] = {}
+        self.added: dict[str, list[int]] = {}  # textual-inversion words -> their ids
+        self._added_pattern = None
 
     @classmethod
     def from_folder(cls, folder: Path, *, bos_id: int, eos_id: int, pad_id: int, max_length: int) -> "ClipTokenizer":
@@ -64,13 +66,24 @@ class ClipTokenizer:
         self._cache[token] = result
         return result
 
+    def add_word(self, word: str, ids: list[int]) -> None:
+        """Map `word` (matched whole, case-insensitively, wherever it appears) to `ids`."""
+        self.added[word.lower()] = list(ids)
+        words = sorted(self.added, key=len, reverse=True)  # the longest first
+        self._added_pattern = regex.compile("(" + "|".join(regex.escape(w) for w in words) + ")")
+
     def encode(self, text: str) -> list[int]:
         """Token ids of `text`, without the start/end tokens."""
         text = regex.sub(r"\s+", " ", text).strip().lower()
         ids: list[int] = []
-        for piece in _PATTERN.findall(text):
-            piece = "".join(self.byte_encoder[b] for b in piece.encode("utf-8"))
-            ids.extend(self.encoder[t] for t in self._bpe(piece).split(" "))
+        parts = self._added_pattern.split(text) if self._added_pattern else [text]
+        for index, part in enumerate(parts):
+            if index % 2:  # an added word
+                ids.extend(self.added[part])
+                continue
+            for piece in _PATTERN.findall(part):
+                piece = "".join(self.byte_encoder[b] for b in piece.encode("utf-8"))
+                ids.extend(self.encoder[t] for t in self._bpe(piece).split(" "))
         return ids
 
     def __call__(self, prompts: list[str]) -> np.ndarray:

@@ -133,6 +133,10 @@ def _parser() -> argparse.ArgumentParser:
     generate.add_argument("--mask-blur", type=float, default=0.0,
                           help="with --mask or --outpaint: soften the seam where the input's pixels are put back "
                                "(a Gaussian's sigma in pixels; default 0, a hard edge)")
+    generate.add_argument("--embedding", action="append", default=[], metavar="FILE[:WORD]",
+                          help="a textual-inversion embedding (.safetensors) to use in the prompt by its word (the "
+                               "file's tensor name, or its file name for AUTOMATIC1111 files; :WORD names it); "
+                               "repeat for several")
     generate.add_argument("--watermark", action="store_true",
                           help="mark the images invisibly as Stable Diffusion's own scripts did (the "
                                "invisible-watermark package's dwtDct, payload StableDiffusionV1); 256x256 or more")
@@ -440,6 +444,11 @@ def _generate(args) -> int:
     if mask is not None and args.outpaint:
         raise CommandError("Choose --mask (inpaint inside the image) or --outpaint (extend it), not both.")
     pipe = _load(args)
+    for embedding in args.embedding:
+        path, colon, word = embedding.rpartition(":")
+        if not colon or not path or "/" in word or "\\" in word:  # FILE alone (a colon in its path)
+            path, word = embedding, None
+        pipe.load_textual_inversion(path, token=word)
     if args.outpaint:
         image, mask = outpaint_canvas(image, **_parse_sides(args.outpaint), multiple=pipe.size_multiple)
     strength = args.strength if args.strength is not None else 1.0 if mask is not None else 0.8

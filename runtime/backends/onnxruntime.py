@@ -6,7 +6,9 @@ import onnxruntime as ort
 
 from ..artifact import Component
 from ..errors import BackendUnavailableError, RequestError
-from . import SessionOptions, cast_feeds
+from ..onnx_proto import initializer
+from ..textual_inversion import TOKEN_EMBEDDING
+from . import SessionOptions, cast_feeds, extended_token_table
 
 PROVIDERS = {"cpu": "CPUExecutionProvider"}
 PRECISIONS = ("fp32",)
@@ -34,6 +36,13 @@ class OnnxRuntimeSession:
         settings.log_severity_level = 3
         if options.num_threads:
             settings.intra_op_num_threads = options.num_threads
+        if options.token_embeddings is not None:
+            # The table's initializer replaced by a longer one (ONNX Runtime takes it at load; the
+            # Gather reads rows by id, whatever the table's length).
+            found = initializer(component.path, TOKEN_EMBEDDING) if component.path.suffix == ".onnx" else None
+            table = extended_token_table(found and found[1], component, options.token_embeddings)
+            self._table = ort.OrtValue.ortvalue_from_numpy(table)  # kept alive with the session
+            settings.add_initializer(found[0], self._table)
         self._session = ort.InferenceSession(str(component.path), settings, providers=[provider])
         self.input_names = [i.name for i in self._session.get_inputs()]
         self.output_names = [o.name for o in self._session.get_outputs()]

@@ -11,7 +11,8 @@ import openvino as ov
 from ..artifact import Component
 from ..cache import engine_folder
 from ..errors import BackendUnavailableError, RequestError
-from . import SessionOptions, cast_feeds, mapped
+from ..textual_inversion import TOKEN_EMBEDDING
+from . import SessionOptions, cast_feeds, extended_token_table, mapped
 
 DEVICES = {"cpu": "CPU", "gpu": "GPU", "npu": "NPU"}
 PRECISION_HINTS = {"fp32": "f32", "bf16": "bf16"}
@@ -30,7 +31,7 @@ class OpenVinoSession:
         config = {"INFERENCE_PRECISION_HINT": PRECISION_HINTS[options.precision], "PERFORMANCE_HINT": "LATENCY"}
         if options.num_threads and device == "CPU":
             config["INFERENCE_NUM_THREADS"] = options.num_threads
-        if options.engine_cache:
+        if options.engine_cache and options.token_embeddings is None:
             # OpenVINO exports the compiled model on the first compile and imports it after. Its
             # cache key leaves out the precision hint: fp32 and bf16 loads share one blob and each
             # still computes at its own precision (tests/test_engine_cache.py checks this).
@@ -41,7 +42,11 @@ class OpenVinoSession:
             except OSError:
                 pass  # a folder the user named was checked at load; the default one may be unwritable
         # Compiling from the path (not a read model) lets a cached engine skip reading the ONNX.
-        self._compiled = core.compile_model(str(component.path), device, config)
+        if options.token_embeddings is None:
+            self._compiled = core.compile_model(str(component.path), device, config)
+        else:
+            self._compiled = core.compile_model(_with_token_table(core, component, options.token_embeddings),
+                                                device, config)
         self._request = self._compiled.create_infer_request()
         self.input_names = [p.any_name for p in self._compiled.inputs]
         # By the manifest's names: a port may carry several (an fp16 variant's outputs also bear
@@ -77,6 +82,20 @@ class OpenVinoSession:
                 self._shapes_seen.add(shapes)
                 mapped.release(mapped.mapped_ranges(self._mapped_files))
         return {name: result[self._compiled.output(name)] for name in self.output_names}
+
+
+def _with_token_table(core: ov.Core, component: Component, extra: np.ndarray) -> ov.Model:
+    """The model with its token-embedding constant replaced by one with `extra` rows after it."""
+    model = core.read_model(str(component.path))
+    constant = next((op for op in model.get_ops() if op.get_type_name() == "Constant"
+                     and op.get_friendly_name().endswith(TOKEN_EMBEDDING)), None)
+    table = None
+    if constant is not None and constant.get_element_type() == ov.Type.f32:
+        table = constant.get_data()
+    longer = ov.opset13.constant(extended_token_table(table, component, extra))
+    for target in constant.output(0).get_target_inputs():
+        target.replace_source_output(longer.output(0))
+    return model
 
 
 def _smallest_feeds(spec) -> dict[str, np.ndarray]:
