@@ -11,9 +11,13 @@ import numpy as np
 from .errors import RequestError
 
 
+def _is_pil(image) -> bool:
+    return hasattr(image, "size") and hasattr(image, "convert")
+
+
 def image_size(image) -> tuple[int, int]:
     """(height, width) of a PIL image or an HWC array."""
-    if hasattr(image, "size") and hasattr(image, "convert"):
+    if _is_pil(image):
         width, height = image.size
         return height, width
     array = np.asarray(image)
@@ -23,15 +27,20 @@ def image_size(image) -> tuple[int, int]:
     return array.shape[0], array.shape[1]
 
 
+def _from_pil(image, mode: str, height: int, width: int) -> np.ndarray:
+    """A PIL image in `mode` ("RGB", "L"), resized (Lanczos) where it is not height x width, in [0, 1]."""
+    from PIL import Image
+
+    image = image.convert(mode)
+    if image.size != (width, height):
+        image = image.resize((width, height), Image.LANCZOS)
+    return np.asarray(image, dtype=np.float32) / np.float32(255)
+
+
 def to_pixels(image, height: int, width: int) -> np.ndarray:
     """The image as (1, 3, height, width) float32 in [-1, 1]."""
-    if hasattr(image, "size") and hasattr(image, "convert"):
-        from PIL import Image
-
-        image = image.convert("RGB")
-        if image.size != (width, height):
-            image = image.resize((width, height), Image.LANCZOS)
-        array = np.asarray(image, dtype=np.float32) / np.float32(255)
+    if _is_pil(image):
+        array = _from_pil(image, "RGB", height, width)
     else:
         array = np.asarray(image)
         if image_size(array) != (height, width):
@@ -52,9 +61,7 @@ def to_pixels(image, height: int, width: int) -> np.ndarray:
 def to_mask(mask, height: int, width: int, image_shape: tuple[int, int] | None = None) -> np.ndarray:
     """The mask as (1, 1, height, width) float32: 1 where it is white (>= 0.5), to repaint.
     `image_shape` (height, width) is the input image's: a mask must have the same."""
-    if hasattr(mask, "size") and hasattr(mask, "convert"):
-        from PIL import Image
-
+    if _is_pil(mask):
         if image_shape is not None and mask.size[::-1] != tuple(image_shape):
             raise RequestError(f"mask_image is {mask.size[0]}x{mask.size[1]} (width x height) and the image "
                                f"{image_shape[1]}x{image_shape[0]}: give a mask of the image's size.")
@@ -63,10 +70,7 @@ def to_mask(mask, height: int, width: int, image_shape: tuple[int, int] | None =
             if np.abs(channels - channels[..., :1]).max() > 8:
                 raise RequestError("mask_image has colour: a mask is one channel (or grey RGB), white where to "
                                    "repaint and black elsewhere.")
-        mask = mask.convert("L")
-        if mask.size != (width, height):
-            mask = mask.resize((width, height), Image.LANCZOS)
-        array = np.asarray(mask, dtype=np.float32) / np.float32(255)
+        array = _from_pil(mask, "L", height, width)
     else:
         array = np.asarray(mask)
         if array.ndim == 3 and array.shape[2] == 1:
@@ -123,7 +127,7 @@ def outpaint_canvas(image, left: int = 0, right: int = 0, top: int = 0, bottom: 
             raise RequestError(f"outpaint {name} must be a whole number of pixels >= 0, got {value!r}.")
     if not any(sides.values()):
         raise RequestError("Outpainting needs at least one side to extend (left, right, top or bottom).")
-    if hasattr(image, "convert"):
+    if _is_pil(image):
         pixels = np.asarray(image.convert("RGB"))
     else:
         pixels = np.asarray(image)

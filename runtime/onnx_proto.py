@@ -44,26 +44,9 @@ def _varint(buf, pos: int) -> tuple[int, int]:
 
 def _fields(buf, start: int, end: int) -> Iterator[tuple[int, int, int]]:
     """(field number, start, end) of each length-delimited field in buf[start:end]."""
-    pos = start
-    while pos < end:
-        key, pos = _varint(buf, pos)
-        field, wire = key >> 3, key & 7
-        if wire == 0:
-            _, pos = _varint(buf, pos)
-        elif wire == 1:
-            pos += 8
-        elif wire == 5:
-            pos += 4
-        elif wire == 2:
-            length, pos = _varint(buf, pos)
-            if pos + length > end:
-                raise ProtobufError("field runs past its message")
-            yield field, pos, pos + length
-            pos += length
-        else:
-            raise ProtobufError(f"unsupported wire type {wire}")
-    if pos != end:
-        raise ProtobufError("message ends mid-field")
+    for field, wire, value in _any_fields(buf, start, end):
+        if wire == 2:
+            yield field, *value
 
 
 def _entry(buf, start: int, end: int) -> tuple[str, str]:
@@ -125,6 +108,8 @@ def _any_fields(buf, start: int, end: int) -> Iterator[tuple[int, int, object]]:
             pos += length
         else:
             raise ProtobufError(f"unsupported wire type {wire}")
+    if pos != end:
+        raise ProtobufError("message ends mid-field")
 
 
 def initializer(path: Path, name_suffix: str):
