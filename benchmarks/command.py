@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from ..runtime.backends import BACKENDS, available_backends, backend_module
-from ..runtime.pipeline import PRECISION_NAMES
+from ..runtime.precisions import PRECISION_NAMES
 from ..runtime.samplers import SAMPLERS
 from ..runtime.cache import user_cache
 from .builtin import BUILTIN_MODELS, builtin_model
@@ -182,7 +182,7 @@ def _why_not(artifact, backend: str, offered: tuple[str, ...], precision: str) -
     """Why sdrt on `backend` cannot run `precision` on this artifact, or None when it can: a
     compute precision the backend offers, or stored variants in a format the backend reads."""
     from ..runtime.errors import SdrtError
-    from ..runtime.pipeline import resolve_precisions
+    from ..runtime.precisions import resolve_precisions
 
     if precision in ("fp32", "bf16"):
         return None if precision in offered else f"the {backend} backend offers {', '.join(offered)}"

@@ -23,6 +23,7 @@ from .errors import ArtifactError, RequestError
 from .loop import run_plan
 from .image_input import image_size, nearest_resize, outpaint_canvas, soft_mask, to_mask, to_pixels
 from .noise import INITIAL_LATENTS_STREAM, VAE_SAMPLE_STREAM, gaussian_noise, step_noise_stream
+from .precisions import Precision, resolve_precisions
 from .prompts import parse_prompt, weigh_embeddings
 from .samplers import SamplerPlan, compile_img2img_plan, compile_plan, default_sampler
 from .textual_inversion import load_embedding
@@ -31,15 +32,6 @@ from .watermark import MIN_PIXELS as WATERMARK_MIN_PIXELS
 from .watermark import embed as embed_watermark
 
 OUTPUT_TYPES = ("pil", "np", "latent")
-# fp32 and bf16 compute on the exported files; the others are variants `sdrt quantize` makes and stores
-COMPUTE_PRECISIONS = ("fp32", "bf16")
-VARIANT_PRECISIONS = ("fp16", "int8", "int8-qdq", "int8-weights", "int4-weights")
-# "int8" names the int8 form each backend runs well: OpenVINO's (the stored "int8") and ONNX
-# Runtime's static QDQ model ("int8-qdq"), taken where the artifact has it.
-BACKEND_FORMS = {"onnxruntime": {"int8": "int8-qdq"}}
-PRECISION_NAMES = COMPUTE_PRECISIONS + VARIANT_PRECISIONS
-# a precision name for every network, or one per component name
-Precision = str | dict[str, str]
 # callback(step_index, timestep, latents) after each denoising step
 StepCallback = Callable[[int, float, np.ndarray], None]
 
@@ -446,54 +438,6 @@ def _round_to(value: int, multiple: int) -> int:
     return max(multiple, int(round(value / multiple)) * multiple)
 
 
-def resolve_precisions(artifact: Artifact, precision: Precision, backend: str | None = None) -> dict[str, str]:
-    """{component name: precision} for a load's `precision` on `backend`.
-
-    "fp32" and "bf16" apply to every component (bf16: the fp32 files computed in bf16, an
-    openvino option). Another name picks that stored variant for every component that has one
-    and fp32 for the rest. A dict names the precision per component; components it leaves out
-    run fp32. On a backend with its own form of a precision (BACKEND_FORMS: "int8" on
-    onnxruntime), a component that stores that form runs it.
-    """
-    names = [name for name, entry in artifact.manifest["components"].items()
-             if entry["role"] in ("text_encoder", "denoiser", "vae_decoder")]
-    values = [precision] if isinstance(precision, str) else precision.values() if isinstance(precision, dict) else ()
-    for value in values:
-        if value not in PRECISION_NAMES:
-            raise RequestError(f"Unknown precision {value!r}; choose one of: {', '.join(PRECISION_NAMES)}.")
-    forms = BACKEND_FORMS.get(backend, {})
-
-    def form(name: str, value: str) -> str:
-        own = forms.get(value)
-        return own if own in artifact.manifest["components"][name].get("variants", {}) else value
-
-    if isinstance(precision, str) and precision in forms and any(form(n, precision) != precision for n in names):
-        precision = {name: form(name, precision) for name in names if form(name, precision) != precision}
-    elif isinstance(precision, dict):
-        precision = {name: form(name, value) if name in names else value for name, value in precision.items()}
-    if isinstance(precision, str):
-        if precision in COMPUTE_PRECISIONS:
-            return dict.fromkeys(names, precision)
-        having = [name for name in names if precision in artifact.manifest["components"][name].get("variants", {})]
-        if not having:
-            raise ArtifactError(f"The artifact at {artifact.root} has no {precision} variant of any network; make "
-                                f"them with `sdrt quantize {artifact.root} --precision {precision}` (`sdrt quantize "
-                                "--help` lists the precisions it makes).")
-        return {name: precision if name in having else "fp32" for name in names}
-    if not isinstance(precision, dict):
-        raise RequestError(f"precision must be a name (fp32, bf16, fp16, ...) or a dict of them by component, "
-                           f"got {precision!r}.")
-    unknown = sorted(set(precision) - set(names))
-    if unknown:
-        raise RequestError(f"precision names {', '.join(unknown)}, which the pipeline does not run; its components "
-                           f"are {', '.join(names)}.")
-    chosen = {name: precision.get(name, "fp32") for name in names}
-    for name, value in chosen.items():
-        if value != "bf16":
-            artifact.variant(name, value)  # refuses a variant the artifact lacks, saying how to make it
-    return chosen
-
-
 def load(artifact: str | os.PathLike, backend: str | None = None, device: str = "cpu", *,
          precision: Precision = "fp32",
          num_threads: int | None = None, verify_checksums: bool = True,
@@ -505,7 +449,7 @@ def load(artifact: str | os.PathLike, backend: str | None = None, device: str = 
     precision: "fp32"; "bf16" on openvino (fast on CPUs with AMX or AVX512-BF16); or a variant
     the artifact stores ("fp16", ... made by `sdrt quantize`), for every network that has it;
     or a dict by component name, e.g. {"unet": "fp16", "vae_decoder": "fp32"} (see
-    resolve_precisions);
+    sdrt.runtime.precisions.resolve_precisions);
     engine_cache: where backends that compile (openvino) keep compiled engines so the next load
     skips compilation: True for the user cache ($SDRT_CACHE/engines, default
     ~/.cache/sdrt/engines; skipped when it cannot be created), a folder (created if missing),

@@ -15,7 +15,7 @@ from sdrt.models.demo.scenes import ATTRIBUTES
 from sdrt.runtime.backends import BACKENDS
 from sdrt.runtime.errors import SdrtError
 from sdrt.runtime.image_input import outpaint_canvas
-from sdrt.runtime.pipeline import VARIANT_PRECISIONS
+from sdrt.runtime.precisions import VARIANT_PRECISIONS
 from sdrt.runtime.samplers import SAMPLERS
 
 

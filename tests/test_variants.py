@@ -29,7 +29,7 @@ def fp16_artifact(tiny_checkpoint, tmp_path_factory):
 
 def test_every_variant_precision_the_runtime_names_has_a_maker():
     from sdrt.export.variants import MAKERS
-    from sdrt.runtime.pipeline import VARIANT_PRECISIONS
+    from sdrt.runtime.precisions import VARIANT_PRECISIONS
 
     assert set(MAKERS) == set(VARIANT_PRECISIONS)  # no name a user can ask for that nothing makes
     from sdrt.models.manifest import SCHEMA_FILE
