@@ -53,7 +53,8 @@ DEFINITIONS = (
     "Text encoder / UNet / VAE: one call each, on the request's shapes (the text encoder on prompt + "
     "negative; the UNet with random latents). Peak RSS: the worker's resident memory sampled every 5 ms "
     "on a background thread: first run = load + first image, steady = later images; worker = the "
-    "highest sample over its life. On disk: the model files the engine reads."
+    "highest sample over its life. On disk: the model files the engine reads (for sdrt, each network in "
+    "the precision it runs plus the manifest, tokenizer and plans; not the artifact's other precisions)."
 )
 HIGHER_IS_BETTER = {"steps_per_s"}
 

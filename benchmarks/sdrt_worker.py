@@ -43,19 +43,7 @@ class SdrtEngine:
                 "sizes": self._sizes()}
 
     def _sizes(self) -> dict:
-        """Bytes on disk: the whole artifact, and each network's files in the precision it runs."""
-        from .harness import folder_size
-
-        artifact, precisions = self.pipeline.artifact, self.pipeline.precisions
-        sizes = {"total": folder_size(artifact.root)}
-        for role, part in (("text_encoder", "text_encoder"), ("denoiser", "unet"), ("vae_decoder", "vae_decoder"),
-                           ("vae_encoder", "vae_encoder")):
-            if artifact.has_role(role):
-                name = artifact.component_for_role(role).spec.name
-                stored = precisions.get(name, "fp32")
-                component = artifact.variant(name, "fp32" if stored == "bf16" else stored)
-                sizes[part] = sum(f.stat().st_size for f in component.files)
-        return sizes
+        return engine_sizes(self.pipeline.artifact, self.pipeline.precisions)
 
     def image(self, save: str | None = None) -> dict:
         settings = self.settings
@@ -110,6 +98,31 @@ class SdrtEngine:
         figures["lifetime_peak_rss_bytes"] = self.memory.lifetime
         return figures
 
+def engine_sizes(artifact, precisions: dict[str, str]) -> dict:
+    """Bytes on disk of what an engine with these precisions reads: each network's files in the
+    precision it runs ("text_encoder", "unet", "vae_decoder", "vae_encoder"), and as "total"
+    those plus the artifact's other files (manifest, tokenizer, plans), not the networks' other
+    precisions."""
+    from .harness import folder_size
+
+    sizes = {}
+    for role, part in (("text_encoder", "text_encoder"), ("denoiser", "unet"), ("vae_decoder", "vae_decoder"),
+                       ("vae_encoder", "vae_encoder")):
+        if artifact.has_role(role):
+            name = artifact.component_for_role(role).spec.name
+            stored = precisions.get(name, "fp32")
+            component = artifact.variant(name, "fp32" if stored == "bf16" else stored)
+            sizes[part] = sum(f.stat().st_size for f in component.files)
+    network_files = set()
+    for entry in artifact.manifest["components"].values():
+        network_files.update(entry["files"])
+        for variant in entry.get("variants", {}).values():
+            network_files.update(variant["files"])
+    every_network = sum((artifact.root / f).stat().st_size for f in network_files)
+    sizes["total"] = folder_size(artifact.root) - every_network + sum(sizes.values())
+    return sizes
+
 
 if __name__ == "__main__":
     raise SystemExit(main())
+

@@ -280,3 +280,36 @@ def test_sdrt_engine_names_its_worker():
     engine = sdrt_engine(Path("artifact"), "openvino", "bf16", threads=2)
     assert engine.name == "sdrt/openvino/bf16" and not engine.is_peer
     assert engine.command[-1] == "sdrt.benchmarks.sdrt_worker" and engine.spec["threads"] == 2
+
+
+def test_on_disk_counts_the_files_an_engine_reads(tiny_artifact, tmp_path):
+    """An artifact holding an fp32 and a smaller UNet variant: each engine's total counts its
+    own UNet and the shared files, not the other precision's."""
+    import shutil
+
+    from sdrt.benchmarks.harness import folder_size
+    from sdrt.benchmarks.sdrt_worker import engine_sizes
+    from sdrt.models.manifest import sha256_file
+    from sdrt.runtime.artifact import Artifact
+
+    root = tmp_path / "artifact"
+    shutil.copytree(tiny_artifact, root)
+    manifest = json.loads((root / "sdrt.json").read_text())
+    folder = root / "variants" / "int8-weights" / "unet"
+    folder.mkdir(parents=True)
+    for name, size in (("model.xml", 1000), ("model.bin", 20000)):
+        (folder / name).write_bytes(b"\0" * size)
+        manifest["files"][f"variants/int8-weights/unet/{name}"] = {"sha256": sha256_file(folder / name), "size": size}
+    manifest["components"]["unet"]["variants"] = {"int8-weights": {
+        "precision": "int8-weights", "format": "openvino", "path": "variants/int8-weights/unet/model.xml",
+        "files": ["variants/int8-weights/unet/model.xml", "variants/int8-weights/unet/model.bin"]}}
+    artifact = Artifact(root, manifest)
+    fp32_unet = sum((root / f).stat().st_size for f in manifest["components"]["unet"]["files"])
+    whole = folder_size(root)
+
+    fp32 = engine_sizes(artifact, {})
+    small = engine_sizes(artifact, {"unet": "int8-weights"})
+    assert fp32["unet"] == fp32_unet and small["unet"] == 21000
+    assert fp32["total"] == whole - 21000
+    assert small["total"] == whole - fp32_unet
+    assert fp32["total"] - small["total"] == fp32_unet - 21000
