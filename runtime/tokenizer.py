@@ -67,7 +67,8 @@ class ClipTokenizer:
         return result
 
     def add_word(self, word: str, ids: list[int]) -> None:
-        """Map `word` (matched whole, case-insensitively, wherever it appears) to `ids`."""
+        """Map `word` to `ids` wherever it appears in a prompt, case-insensitively, as diffusers'
+        added tokens match (inside longer words too: give embeddings distinct words like <toy>)."""
         self.added[word.lower()] = list(ids)
         words = sorted(self.added, key=len, reverse=True)  # the longest first
         self._added_pattern = regex.compile("(" + "|".join(regex.escape(w) for w in words) + ")")

@@ -20,35 +20,38 @@ def _private_user_cache(tmp_path_factory):
         os.environ["SDRT_CACHE"] = previous
 
 
-@pytest.fixture(scope="session")
-def tiny_checkpoint(tmp_path_factory) -> Path:
+def _random_checkpoint(config: str, tmp_path_factory) -> Path:
     pytest.importorskip("diffusers")
     from sdrt.export.random_model import build_random_pipeline
 
-    return build_random_pipeline("tiny", tmp_path_factory.mktemp("tiny") / "checkpoint")
+    return build_random_pipeline(config, tmp_path_factory.mktemp(config) / "checkpoint")
+
+
+def _exported(checkpoint: Path, tmp_path_factory, name: str) -> Path:
+    from sdrt.export.exporter import export_checkpoint
+
+    return export_checkpoint(checkpoint, tmp_path_factory.mktemp(name) / "artifact")
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    return _random_checkpoint("tiny", tmp_path_factory)
 
 
 @pytest.fixture(scope="session")
 def tiny_artifact(tiny_checkpoint, tmp_path_factory) -> Path:
-    from sdrt.export.exporter import export_checkpoint
-
-    return export_checkpoint(tiny_checkpoint, tmp_path_factory.mktemp("tiny-artifact") / "artifact")
+    return _exported(tiny_checkpoint, tmp_path_factory, "tiny-artifact")
 
 
 @pytest.fixture(scope="session")
 def tiny_inpainting_checkpoint(tmp_path_factory) -> Path:
-    pytest.importorskip("diffusers")
-    from sdrt.export.random_model import build_random_pipeline
-
-    return build_random_pipeline("tiny-inpainting", tmp_path_factory.mktemp("tiny-inpainting") / "checkpoint")
+    """The tiny model with an inpainting UNet (9 input channels)."""
+    return _random_checkpoint("tiny-inpainting", tmp_path_factory)
 
 
 @pytest.fixture(scope="session")
 def tiny_inpainting_artifact(tiny_inpainting_checkpoint, tmp_path_factory) -> Path:
-    from sdrt.export.exporter import export_checkpoint
-
-    folder = tmp_path_factory.mktemp("tiny-inpainting-artifact")
-    return export_checkpoint(tiny_inpainting_checkpoint, folder / "artifact")
+    return _exported(tiny_inpainting_checkpoint, tmp_path_factory, "tiny-inpainting-artifact")
 
 
 @pytest.fixture(scope="session")

@@ -14,12 +14,15 @@ DIFFUSERS_SCHEDULERS = {"euler": "EulerDiscreteScheduler", "ddim": "DDIMSchedule
 PROMPT, NEGATIVE = "a red circle on a blue background", "blurry"
 
 
-@pytest.fixture(scope="module")
-def diffusers_pipe(tiny_checkpoint):
-    pipe = diffusers.StableDiffusionPipeline.from_pretrained(tiny_checkpoint, safety_checker=None,
-                                                             requires_safety_checker=False)
+def diffusers_pipeline(cls, checkpoint):
+    pipe = cls.from_pretrained(checkpoint, safety_checker=None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+@pytest.fixture(scope="module")
+def diffusers_pipe(tiny_checkpoint):
+    return diffusers_pipeline(diffusers.StableDiffusionPipeline, tiny_checkpoint)
 
 
 def reference_images(pipe, sampler, latents, steps=6, guidance=7.5):
@@ -107,10 +110,7 @@ def input_image(size: int = 64):
 
 @pytest.fixture(scope="module")
 def diffusers_img2img(tiny_checkpoint):
-    pipe = diffusers.StableDiffusionImg2ImgPipeline.from_pretrained(tiny_checkpoint, safety_checker=None,
-                                                                    requires_safety_checker=False)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return diffusers_pipeline(diffusers.StableDiffusionImg2ImgPipeline, tiny_checkpoint)
 
 
 def img2img_reference(pipe, monkeypatch, sampler, image, seed, strength, steps=6):
