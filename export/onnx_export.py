@@ -8,6 +8,7 @@ construction.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import warnings
 from dataclasses import dataclass
@@ -108,6 +109,7 @@ def export_component(spec: ComponentSpec, module, feeds: dict[str, np.ndarray], 
                 dynamic_shapes=_dynamic_shapes(spec), opset_version=OPSET, dynamo=True, verbose=False,
             )
             _drop_build_metadata(program.model)
+            _name_folded_weights(program.model, module)
             program.save(str(path), external_data=weight_bytes > EXTERNAL_DATA_THRESHOLD)
             del program
             reference = module(*args) if verify else None
@@ -133,6 +135,28 @@ def _drop_build_metadata(model) -> None:
     for graph in graphs:
         for node in graph.all_nodes():
             node.metadata_props.pop("pkg.torch.onnx.stack_trace", None)
+
+
+def _name_folded_weights(model, module) -> None:
+    """Give the linear layers' weights their modules' names.
+
+    The exporter folds each Linear's weight into a transposed constant with a generated name
+    ("val_34"); run-time LoRA (runtime.lora) and C++ hosts that swap weights find a module's
+    weight by name, so each such constant is renamed "<parameter name>.T" (docs/artifact.md).
+    Matched by value: the transposed bytes of exactly one parameter (a value two parameters
+    share stays unnamed, as it would be ambiguous).
+    """
+    by_bytes: dict[bytes, list[str]] = {}
+    for name, parameter in module.named_parameters():
+        if parameter.dim() == 2:
+            transposed = np.ascontiguousarray(parameter.detach().numpy().T)
+            by_bytes.setdefault(hashlib.sha256(transposed.tobytes()).digest(), []).append(name)
+    for value in list(model.graph.initializers.values()):
+        if not value.name.startswith("val_") or value.const_value is None or len(value.const_value.shape) != 2:
+            continue
+        names = by_bytes.get(hashlib.sha256(value.const_value.numpy().tobytes()).digest(), [])
+        if len(names) == 1 and f"{names[0]}.T" not in model.graph.initializers:
+            value.name = f"{names[0]}.T"
 
 
 def _max_abs_diff(path: Path, feeds: dict[str, np.ndarray], expected: list[np.ndarray]) -> float:

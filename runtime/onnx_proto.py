@@ -1,4 +1,5 @@
-"""Just enough of the protobuf wire format to list an ONNX file's external-data locations.
+"""Just enough of the protobuf wire format to list an ONNX file's external-data locations and
+read its initializers.
 
 The runtime must refuse an artifact whose ONNX files point at data outside the artifact
 folder (path traversal) before a backend opens them, without depending on the `onnx`
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import mmap
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 # message -> {field number: message type} for the fields that can lead to a TensorProto
@@ -112,48 +114,176 @@ def _any_fields(buf, start: int, end: int) -> Iterator[tuple[int, int, object]]:
         raise ProtobufError("message ends mid-field")
 
 
-def initializer(path: Path, name_suffix: str):
-    """(name, float32 array) of the graph initializer whose name ends with `name_suffix` (float
-    types, raw or external data), or None when the graph has none."""
-    import numpy as np
+@dataclass(frozen=True)
+class Initializer:
+    """A graph initializer as stored: where its data is, not the data."""
 
+    name: str
+    dims: tuple[int, ...]
+    element_type: int  # onnx TensorProto.DataType
+    raw: tuple[int, int] | None  # (start, end) of its data in the .onnx file
+    location: str | None  # its external data file, relative to the .onnx file
+    offset: int
+
+    @property
+    def dtype(self) -> str | None:
+        """The numpy dtype of a float initializer; None for other element types."""
+        return _DTYPES.get(self.element_type)
+
+
+def initializers(path: Path) -> dict[str, Initializer]:
+    """Every initializer of the main graph of the ONNX model at `path`, by name."""
+    found = {}
     with open(path, "rb") as handle:
         size = handle.seek(0, 2)
         with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as buf:
             graphs = [(s, e) for field, s, e in _fields(buf, 0, size) if field == 7]
             for graph_start, graph_end in graphs:
                 for field, s, e in _fields(buf, graph_start, graph_end):
-                    if field != 5:
-                        continue
-                    tensor = {"dims": [], "external": {}}
-                    for number, wire, value in _any_fields(buf, s, e):
-                        if number == _DIMS and wire == 0:
-                            tensor["dims"].append(value)
-                        elif number == _DIMS:
-                            pos, stop = value
-                            while pos < stop:
-                                dim, pos = _varint(buf, pos)
-                                tensor["dims"].append(dim)
-                        elif number == _DATA_TYPE:
-                            tensor["type"] = value
-                        elif number == _NAME:
-                            tensor["name"] = bytes(buf[value[0]:value[1]]).decode("utf-8")
-                        elif number in (_RAW_DATA, _FLOAT_DATA):
-                            tensor["data"] = bytes(buf[value[0]:value[1]])
-                        elif number == _TENSOR_EXTERNAL_DATA:
-                            key, entry = _entry(buf, *value)
-                            tensor["external"][key] = entry
-                    if not tensor.get("name", "").endswith(name_suffix):
-                        continue
-                    if tensor.get("type") not in _DTYPES:
-                        raise ProtobufError(f"initializer {tensor['name']} has element type {tensor.get('type')}")
-                    dtype = _DTYPES[tensor["type"]]
-                    if "location" in tensor["external"]:
-                        location = path.parent / tensor["external"]["location"]
-                        offset = int(tensor["external"].get("offset", 0))
-                        count = int(np.prod(tensor["dims"], dtype=np.int64))
-                        data = np.fromfile(location, dtype=dtype, count=count, offset=offset)
+                    if field == 5:
+                        tensor = _initializer(buf, s, e)
+                        found[tensor.name] = tensor
+    return found
+
+
+def _initializer(buf, start: int, end: int) -> Initializer:
+    dims, element_type, name, raw, external = [], 0, "", None, {}
+    for number, wire, value in _any_fields(buf, start, end):
+        if number == _DIMS and wire == 0:
+            dims.append(value)
+        elif number == _DIMS:  # packed
+            pos, stop = value
+            while pos < stop:
+                dim, pos = _varint(buf, pos)
+                dims.append(dim)
+        elif number == _DATA_TYPE:
+            element_type = value
+        elif number == _NAME:
+            name = bytes(buf[value[0]:value[1]]).decode("utf-8")
+        elif number in (_RAW_DATA, _FLOAT_DATA):
+            raw = value
+        elif number == _TENSOR_EXTERNAL_DATA:
+            key, entry = _entry(buf, *value)
+            external[key] = entry
+    return Initializer(name, tuple(dims), element_type, raw, external.get("location"),
+                       int(external.get("offset", 0)))
+
+
+def read_initializers(path: Path, wanted: list[Initializer]):
+    """{name: array} of float initializers listed by `initializers(path)`, in their stored dtype."""
+    import numpy as np
+
+    arrays = {}
+    with open(path, "rb") as handle:
+        with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+            for tensor in wanted:
+                if tensor.dtype is None:
+                    raise ProtobufError(f"initializer {tensor.name} has element type {tensor.element_type}")
+                count = int(np.prod(tensor.dims, dtype=np.int64))
+                if tensor.location is not None:
+                    data = np.fromfile(path.parent / tensor.location, dtype=tensor.dtype, count=count,
+                                       offset=tensor.offset)
+                elif tensor.raw is not None:
+                    data = np.frombuffer(buf[tensor.raw[0]:tensor.raw[1]], dtype=tensor.dtype).copy()
+                else:
+                    data = np.zeros(count, dtype=tensor.dtype)
+                if data.size != count:
+                    raise ProtobufError(f"initializer {tensor.name} holds {data.size} values, not {count}")
+                arrays[tensor.name] = data.reshape(tensor.dims)
+    return arrays
+
+
+def _key(field: int, wire: int) -> bytes:
+    return _encode_varint(field << 3 | wire)
+
+
+def _encode_varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def _length_delimited(field: int, payload: bytes) -> bytes:
+    return _key(field, 2) + _encode_varint(len(payload)) + payload
+
+
+def _spans(buf, start: int, end: int) -> Iterator[tuple[int, int, int, int]]:
+    """(field number, field start, payload start, payload end) of each length-delimited field,
+    and of the others with their whole span as the payload."""
+    pos = start
+    while pos < end:
+        first = pos
+        key, pos = _varint(buf, pos)
+        field, wire = key >> 3, key & 7
+        if wire == 0:
+            _, pos = _varint(buf, pos)
+            yield field, first, first, pos
+        elif wire in (1, 5):
+            pos += 8 if wire == 1 else 4
+            yield field, first, first, pos
+        elif wire == 2:
+            length, pos = _varint(buf, pos)
+            yield field, first, pos, pos + length
+            pos += length
+        else:
+            raise ProtobufError(f"unsupported wire type {wire}")
+
+
+def with_external_weights(path: Path, weights: dict, location: str) -> tuple[bytes, bytearray]:
+    """The ONNX model at `path` with the initializers named in `weights` ({name: numpy array})
+    stored as external data in a file called `location`; returns (model bytes, that file's
+    bytes). The file need not exist: ONNX Runtime takes it from memory, and replaces those
+    initializers before it optimizes the graph (unlike initializers added to a session)."""
+    data = bytearray()
+    tensors = {}
+    for name, array in weights.items():
+        offset = len(data)
+        data += array.tobytes()
+        tensors[name] = (array, offset)
+    element_types = {dtype: number for number, dtype in _DTYPES.items()}
+    found = set()
+
+    def encoded(name: str) -> bytes:
+        array, offset = tensors[name]
+        payload = b"".join(_key(_DIMS, 0) + _encode_varint(int(dim)) for dim in array.shape)
+        payload += _key(_DATA_TYPE, 0) + _encode_varint(element_types[array.dtype.newbyteorder("<").str])
+        payload += _length_delimited(_NAME, name.encode("utf-8"))
+        for key, value in (("location", location), ("offset", str(offset)), ("length", str(array.nbytes))):
+            entry = _length_delimited(1, key.encode("utf-8")) + _length_delimited(2, value.encode("utf-8"))
+            payload += _length_delimited(_TENSOR_EXTERNAL_DATA, entry)
+        return payload + _key(_DATA_LOCATION, 0) + _encode_varint(1)  # EXTERNAL
+
+    with open(path, "rb") as handle:
+        size = handle.seek(0, 2)
+        with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+            model = bytearray()
+            for field, first, start, end in _spans(buf, 0, size):
+                if field != 7:  # not the graph
+                    model += buf[first:end]
+                    continue
+                graph = bytearray()
+                for inner, inner_first, inner_start, inner_end in _spans(buf, start, end):
+                    name = _tensor_name(buf, inner_start, inner_end) if inner == 5 else None
+                    if name in tensors:
+                        graph += _length_delimited(5, encoded(name))
+                        found.add(name)
                     else:
-                        data = np.frombuffer(tensor.get("data", b""), dtype=dtype)
-                    return tensor["name"], data.reshape(tensor["dims"]).astype(np.float32)
-    return None
+                        graph += buf[inner_first:inner_end]
+                model += _length_delimited(7, bytes(graph))
+    missing = set(tensors) - found
+    if missing:
+        raise ProtobufError(f"{path.name} has no initializer named {', '.join(sorted(missing))}")
+    return bytes(model), data
+
+
+def _tensor_name(buf, start: int, end: int) -> str:
+    for number, wire, value in _any_fields(buf, start, end):
+        if number == _NAME and wire == 2:
+            return bytes(buf[value[0]:value[1]]).decode("utf-8")
+    return ""

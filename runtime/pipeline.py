@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -21,17 +22,21 @@ from .backends import SessionOptions, backend_module, best_backend
 from .cache import default_engine_cache
 from .errors import ArtifactError, RequestError
 from .loop import run_plan
+from .lora import PREFIXES, LoraSpec, lora_updates, nothing_matched, pair_count, read_lora
+from .module_weights import ModuleWeights
 from .image_input import image_size, nearest_resize, outpaint_canvas, soft_mask, to_mask, to_pixels
 from .noise import INITIAL_LATENTS_STREAM, VAE_SAMPLE_STREAM, gaussian_noise, step_noise_stream
 from .precisions import Precision, resolve_precisions
 from .prompts import parse_prompt, weigh_embeddings
 from .samplers import SamplerPlan, compile_img2img_plan, compile_plan, default_sampler
-from .textual_inversion import load_embedding
+from .textual_inversion import TOKEN_EMBEDDING, load_embedding
 from .tokenizer import ClipTokenizer
 from .watermark import MIN_PIXELS as WATERMARK_MIN_PIXELS
 from .watermark import embed as embed_watermark
 
 OUTPUT_TYPES = ("pil", "np", "latent")
+# the networks a LoRA changes, by the name LoRA files give them -> their role in the pipeline
+LORA_NETWORKS = {"text_encoder": "text_encoder", "unet": "denoiser"}
 # callback(step_index, timestep, latents) after each denoising step
 StepCallback = Callable[[int, float, np.ndarray], None]
 
@@ -100,9 +105,14 @@ class StableDiffusionPipeline:
             compute = "bf16" if chosen == "bf16" else component.entry.get("compute", "fp32")
             sessions[role] = (component, module.open_session(component, replace(options, precision=compute)))
             self._computes[role] = compute
+        self._components = {role: component for role, (component, _) in sessions.items()}
         self._unet_component = sessions["denoiser"][0]
         self._text_encoder_component = sessions["text_encoder"][0]
-        self._token_embeddings: np.ndarray | None = None  # textual-inversion vectors, in id order
+        # Run-time weights: textual-inversion vectors (in id order) and LoRA updates, kept to
+        # rebuild the networks' replaced weights whenever one more is loaded.
+        self._token_embeddings: np.ndarray | None = None
+        self._loras: list[tuple[LoraSpec, dict[str, dict[str, np.ndarray]]]] = []
+        self._module_weights: dict[str, ModuleWeights] = {}
         # The open backend sessions by component role, for callers that time or drive the
         # networks themselves (`sdrt bench`) or wrap them (the variant quality reports record
         # the networks' inputs); every call goes through this dict.
@@ -293,12 +303,102 @@ class StableDiffusionPipeline:
                                f"'<{word}>').")
         first = len(self.tokenizer.encoder) + (0 if self._token_embeddings is None else len(self._token_embeddings))
         table = vectors if self._token_embeddings is None else np.concatenate([self._token_embeddings, vectors])
-        session = self._backend_module.open_session(self._text_encoder_component, replace(
-            self.options, precision=self._computes["text_encoder"], token_embeddings=table))
-        self.sessions["text_encoder"] = session
-        self._token_embeddings = table
+        previous, self._token_embeddings = self._token_embeddings, table
+        try:
+            self._reopen("text_encoder")
+        except BaseException:
+            self._token_embeddings = previous
+            if "text_encoder" not in self.sessions:
+                self._reopen("text_encoder")
+            raise
         self.tokenizer.add_word(word, list(range(first, first + len(vectors))))
         return word
+
+    def load_lora(self, path: str | os.PathLike, strength: float = 1.0) -> dict:
+        """Apply a LoRA file (.safetensors, kohya/AUTOMATIC1111 or diffusers/PEFT keys) to the UNet
+        and text encoder with `strength`, on top of LoRAs loaded before (diffusers'
+        load_lora_weights + fuse_lora(lora_scale=strength)). The networks it changes reopen with
+        their weights replaced in memory (seconds: a session load, not an export; the artifact's
+        files are not touched); their fp32 or fp16 forms only. Returns what matched: {file,
+        strength, matched: {network: modules}, pairs, unmatched}; pairs that name nothing in
+        this model are left out with a warning. `unload_loras()` goes back to the exported
+        weights."""
+        return self.load_loras([(path, strength)])[0]
+
+    def load_loras(self, loras: list[tuple[str | os.PathLike, float]]) -> list[dict]:
+        """load_lora for several (file, strength) pairs, reopening each network once."""
+        loaded = []
+        for path, strength in loras:
+            if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not math.isfinite(strength):
+                raise RequestError(f"A LoRA's strength is a finite number (1.0: as trained), got {strength!r}.")
+            spec = LoraSpec(Path(path).expanduser(), float(strength))
+            tensors = read_lora(spec.path)
+            updates = {network: lora_updates(tensors, network, self._weights(role).modules, spec.path.name)
+                       for network, role in LORA_NETWORKS.items()
+                       if any(key.startswith(PREFIXES[network]) for key in tensors)}
+            pairs = pair_count(tensors)
+            matched = {network: len(updates.get(network, {})) for network in LORA_NETWORKS}
+            if not any(matched.values()):
+                raise RequestError(nothing_matched(spec.path.name, pairs))
+            loaded.append(((spec, updates), {"file": spec.path.name, "strength": spec.strength, "matched": matched,
+                                             "pairs": pairs, "unmatched": pairs - sum(matched.values())}))
+        changed = [role for network, role in LORA_NETWORKS.items()
+                   if any(summary["matched"][network] for _, summary in loaded)]
+        before = list(self._loras)
+        self._loras += [lora for lora, _ in loaded]
+        try:
+            for role in changed:
+                self._reopen(role)
+        except BaseException:
+            self._loras = before  # back to the weights before them, in every network they changed
+            for role in changed:
+                self._reopen(role)
+            raise
+        for _, summary in loaded:
+            if summary["unmatched"]:
+                warnings.warn(f"LoRA file {summary['file']}: {summary['unmatched']} of its {summary['pairs']} weight "
+                              "pairs name no weight of this artifact's UNet or text encoder and were left out "
+                              "(artifacts exported before sdrt named the linear layers' weights match only "
+                              "convolutions: re-export those).", stacklevel=2)
+        return [summary for _, summary in loaded]
+
+    @property
+    def loras(self) -> list[tuple[str, float]]:
+        """(file, strength) of each LoRA applied at run time, in the order loaded."""
+        return [(str(spec.path), spec.strength) for spec, _ in self._loras]
+
+    def unload_loras(self) -> None:
+        """Back to the artifact's own weights (textual-inversion words stay)."""
+        changed = {role for _, updates in self._loras for network, role in LORA_NETWORKS.items()
+                   if updates.get(network)}
+        self._loras = []
+        for role in sorted(changed):
+            self._reopen(role)
+
+    def _weights(self, role: str) -> ModuleWeights:
+        if role not in self._module_weights:
+            self._module_weights[role] = ModuleWeights(self._components[role])
+        return self._module_weights[role]
+
+    def _reopen(self, role: str) -> None:
+        """Open the network of `role` again with the run-time weights loaded so far: LoRA updates,
+        and for the text encoder the token table extended by textual-inversion vectors."""
+        network = next(network for network, owner in LORA_NETWORKS.items() if owner == role)
+        weights = self._weights(role)
+        updates = [(spec.strength, by_network[network]) for spec, by_network in self._loras
+                   if by_network.get(network)]
+        replaced = weights.with_updates(updates) if updates else {}
+        if role == "text_encoder" and self._token_embeddings is not None:
+            name = weights.ending_with(TOKEN_EMBEDDING)
+            if name is None:
+                raise RequestError(f"The {weights.component.spec.name}'s ONNX file has no token-embedding table "
+                                   f"(*{TOKEN_EMBEDDING}) to extend; was it exported by sdrt?")
+            table = replaced[name] if name in replaced else weights.read([name])[name]
+            replaced[name] = np.concatenate([table, self._token_embeddings.astype(table.dtype)])
+        # The old session goes first: two UNets side by side would double the peak memory.
+        del self.sessions[role]
+        self.sessions[role] = self._backend_module.open_session(self._components[role], replace(
+            self.options, precision=self._computes[role], weights=replaced or None))
 
     def outpaint(self, prompt: str | list[str], image, *, left: int = 0, right: int = 0, top: int = 0,
                  bottom: int = 0, **options) -> GenerationResult:

@@ -15,6 +15,7 @@ from sdrt.models.demo.scenes import ATTRIBUTES
 from sdrt.runtime.backends import BACKENDS
 from sdrt.runtime.errors import SdrtError
 from sdrt.runtime.image_input import outpaint_canvas
+from sdrt.runtime.lora import LoraSpec
 from sdrt.runtime.precisions import VARIANT_PRECISIONS
 from sdrt.runtime.samplers import SAMPLERS
 
@@ -137,6 +138,10 @@ def _parser() -> argparse.ArgumentParser:
                           help="a textual-inversion embedding (.safetensors) to use in the prompt by its word (the "
                                "file's tensor name, or its file name for AUTOMATIC1111 files; :WORD names it); "
                                "repeat for several")
+    generate.add_argument("--lora", action="append", default=[], metavar="FILE[:STRENGTH]",
+                          help="apply a LoRA (.safetensors; kohya/A1111 or diffusers/PEFT keys) to the UNet and text "
+                               "encoder at STRENGTH (default 1.0), in memory, without re-exporting; repeat for "
+                               "several (fp32 and fp16 networks; `sdrt export --lora` merges one for good)")
     generate.add_argument("--watermark", action="store_true",
                           help="mark the images invisibly as Stable Diffusion's own scripts did (the "
                                "invisible-watermark package's dwtDct, payload StableDiffusionV1); 256x256 or more")
@@ -449,6 +454,8 @@ def _generate(args) -> int:
         if not colon or not path or "/" in word or "\\" in word:  # FILE alone (a colon in its path)
             path, word = embedding, None
         pipe.load_textual_inversion(path, token=word)
+    if args.lora:
+        pipe.load_loras([(spec.path, spec.strength) for spec in map(LoraSpec.parse, args.lora)])
     if args.outpaint:
         image, mask = outpaint_canvas(image, **_parse_sides(args.outpaint), multiple=pipe.size_multiple)
     strength = args.strength if args.strength is not None else 1.0 if mask is not None else 0.8

@@ -76,3 +76,51 @@ def test_unet_step_at_256_matches_pytorch(sd15, unet_reference, backend):
     gc.collect()
     assert got.shape == (2, 4, 32, 32)
     assert np.abs(got - expected).max() <= 1e-3 * np.abs(expected).max()
+
+
+@pytest.fixture(scope="module")
+def updated_unet_reference(sd15, unet_reference):
+    """Rank-4 updates of a linear layer (stored transposed, in the external data) and a
+    convolution, and PyTorch's UNet output with them added to its weights."""
+    from diffusers import UNet2DConditionModel
+
+    checkpoint, _ = sd15
+    feeds, _ = unet_reference
+    rng = np.random.default_rng(0)
+    shapes = {"mid_block.attentions.0.transformer_blocks.0.attn1.to_q": (1280, 1280),
+              "down_blocks.0.resnets.0.conv1": (320, 320 * 9)}
+    updates = {name: (rng.standard_normal((rows, 4)) @ rng.standard_normal((4, cols)) * 0.02).astype(np.float32)
+               for name, (rows, cols) in shapes.items()}
+    unet = UNet2DConditionModel.from_pretrained(checkpoint / "unet").eval()
+    layers = dict(unet.named_modules())
+    with torch.no_grad():
+        for name, update in updates.items():
+            layers[name].weight += torch.from_numpy(update).reshape(layers[name].weight.shape)
+        expected = unet(*(torch.from_numpy(feeds[n]) for n in ("sample", "timestep", "encoder_hidden_states"))).sample
+    del unet, layers
+    gc.collect()
+    return updates, expected.numpy()
+
+
+@pytest.mark.parametrize("backend", list(BACKENDS))
+def test_replaced_weights_at_full_size_match_pytorch(sd15, unet_reference, updated_unet_reference, backend):
+    """Run-time LoRA's path on a UNet whose weights are in external data: the updated weights
+    (runtime.module_weights) replace the file's in the backend session."""
+    from sdrt.runtime.module_weights import ModuleWeights
+
+    try:
+        module = backend_module(backend)
+    except ImportError:
+        pytest.skip(f"{backend} is not installed")
+    _, artifact = sd15
+    feeds, unchanged = unet_reference
+    updates, expected = updated_unet_reference
+    component = open_artifact(artifact, verify_checksums=False).component("unet")
+    weights = ModuleWeights(component).with_updates([(1.0, updates)])
+    assert [name.endswith(".weight.T") for name in weights] == [False, True]  # conv1 first, sorted
+    session = module.open_session(component, SessionOptions(weights=weights))
+    got = session.run(feeds)["out_sample"]
+    del session
+    gc.collect()
+    assert np.abs(expected - unchanged).max() > 0.01 * np.abs(expected).max()  # the updates matter
+    assert np.abs(got - expected).max() <= 1e-3 * np.abs(expected).max()

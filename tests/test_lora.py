@@ -1,11 +1,14 @@
-"""LoRA merged at export time against diffusers' load_lora_weights + fuse_lora on the same tiny
-model, for a LoRA file in the diffusers/PEFT layout and the same weights in kohya's layout."""
+"""LoRA merged at export time and applied at run time, against diffusers' load_lora_weights +
+fuse_lora on the same tiny model, for a LoRA file in the diffusers/PEFT layout and the same
+weights in kohya's layout."""
 import json
 
 import numpy as np
 import pytest
 
 import sdrt
+from sdrt.runtime.backends import BACKENDS
+from sdrt.runtime.errors import RequestError
 from sdrt.runtime.noise import gaussian_noise
 
 torch = pytest.importorskip("torch")
@@ -109,3 +112,147 @@ def test_a_lora_for_another_model_is_refused(tiny_checkpoint, tmp_path):
     assert not (tmp_path / "artifact").exists()
     with pytest.raises(ExportError, match="does not exist"):
         sdrt.export_checkpoint(tiny_checkpoint, tmp_path / "artifact", loras=[str(tmp_path / "missing.safetensors")])
+
+
+# Run-time LoRA: the same files applied to the exported artifact's sessions, without re-export.
+
+def sdrt_image(pipe, latents, prompt=PROMPT):
+    return pipe(prompt, latents=latents, num_inference_steps=4, scheduler="euler", output_type="np").images
+
+
+@pytest.mark.parametrize("backend", list(BACKENDS))
+@pytest.mark.parametrize("layout", ["peft", "kohya"])
+def test_run_time_lora_matches_diffusers_fuse_lora(tiny_artifact, tiny_checkpoint, lora_files, backend, layout):
+    if backend not in sdrt.available_backends():
+        pytest.skip(f"{backend} is not installed")
+    latents = gaussian_noise(8, (1, 4, 32, 32))
+    pipe = sdrt.load(tiny_artifact, backend=backend)
+    before = sdrt_image(pipe, latents)
+    summary = pipe.load_lora(lora_files[layout], 0.8)
+    assert summary["matched"] == {"text_encoder": 15, "unet": summary["pairs"] - 15} and summary["unmatched"] == 0
+    ours = sdrt_image(pipe, latents)
+    theirs = diffusers_image(tiny_checkpoint, latents, lora_files[layout], 0.8)
+    # (the LoRA changes a convolution: ONNX Runtime's NCHWc pass, if it ran, would drop that
+    # change and miss this bound by ~6/255)
+    assert np.abs(ours - theirs).mean() <= 1 / 255
+    assert np.abs(ours - before).mean() > 5 / 255
+    pipe.unload_loras()
+    assert pipe.loras == [] and np.array_equal(sdrt_image(pipe, latents), before)
+    # two files add up: the same pairs at 0.5 and 0.3 are the one file at 0.8
+    pipe.load_loras([(lora_files["peft"], 0.5), (lora_files["kohya"], 0.3)])
+    assert [strength for _, strength in pipe.loras] == [0.5, 0.3]
+    assert np.abs(sdrt_image(pipe, latents) - theirs).mean() <= 1 / 255
+
+
+def test_run_time_lora_and_textual_inversion_together(tiny_artifact, tiny_checkpoint, lora_files, tmp_path):
+    """Both replace text-encoder weights: the LoRA's projections and the longer token table."""
+    from safetensors.torch import save_file
+
+    vectors = torch.randn((2, 32), generator=torch.Generator().manual_seed(1)) * 0.5
+    save_file({"<toy>": vectors}, str(tmp_path / "toy.safetensors"))
+    prompt, latents = "a photo of <toy>", gaussian_noise(4, (1, 4, 32, 32))
+    pipe = sdrt.load(tiny_artifact, backend="onnxruntime")
+    pipe.load_textual_inversion(tmp_path / "toy.safetensors")
+    pipe.load_lora(lora_files["kohya"], 0.8)
+    ours = sdrt_image(pipe, latents, prompt)
+    reference = diffusers.StableDiffusionPipeline.from_pretrained(tiny_checkpoint, safety_checker=None,
+                                                                  requires_safety_checker=False)
+    reference.set_progress_bar_config(disable=True)
+    reference.scheduler = diffusers.EulerDiscreteScheduler.from_config(reference.scheduler.config)
+    reference.load_textual_inversion(str(tmp_path / "toy.safetensors"))
+    reference.load_lora_weights(str(lora_files["kohya"]))
+    reference.fuse_lora(lora_scale=0.8)
+    with torch.no_grad():
+        theirs = reference(prompt, latents=torch.from_numpy(latents), num_inference_steps=4, guidance_scale=7.5,
+                           output_type="np").images
+    assert np.abs(ours - theirs).mean() <= 1 / 255
+    pipe.unload_loras()  # the word stays
+    assert pipe.tokenizer.encode(prompt)[-2:] == [49408, 49409]
+
+
+def test_run_time_lora_errors(tiny_artifact, lora_files, tmp_path):
+    from safetensors.torch import save_file
+
+    pipe = sdrt.load(tiny_artifact, backend="onnxruntime")
+    foreign = tmp_path / "foreign.safetensors"
+    save_file({"lora_unet_input_blocks_1_1_proj_in.lora_down.weight": torch.zeros(4, 8),
+               "lora_unet_input_blocks_1_1_proj_in.lora_up.weight": torch.zeros(8, 4)}, str(foreign))
+    with pytest.raises(RequestError, match=r"none of its 1 LoRA weight pairs names a module .*\(0 matched\)"):
+        pipe.load_lora(foreign)
+    with pytest.raises(RequestError, match="does not exist"):
+        pipe.load_lora(tmp_path / "missing.safetensors")
+    with pytest.raises(RequestError, match="finite number"):
+        pipe.load_lora(lora_files["peft"], float("nan"))
+    half = tmp_path / "half.safetensors"  # one pair for this model, one for another
+    save_file({"lora_unet_mid_block_attentions_0_transformer_blocks_0_attn1_to_q.lora_down.weight": torch.ones(4, 64),
+               "lora_unet_mid_block_attentions_0_transformer_blocks_0_attn1_to_q.lora_up.weight": torch.ones(64, 4),
+               "lora_unet_input_blocks_1_1_proj_in.lora_down.weight": torch.zeros(4, 8),
+               "lora_unet_input_blocks_1_1_proj_in.lora_up.weight": torch.zeros(8, 4)}, str(half))
+    with pytest.warns(UserWarning, match="1 of its 2 weight pairs name no weight"):
+        summary = pipe.load_lora(half)
+    assert summary["matched"] == {"text_encoder": 0, "unet": 1} and pipe.loras == [(str(half), 1.0)]
+    assert pipe("a cat", num_inference_steps=1, output_type="np").images.shape == (1, 64, 64, 3)
+
+
+def test_generate_applies_loras(tiny_artifact, lora_files, tmp_path):
+    from PIL import Image
+
+    from sdrt.cli import main
+
+    common = ["generate", PROMPT, "--artifact", str(tiny_artifact), "--backend", "onnxruntime", "--steps", "3",
+              "--seed", "5"]
+    assert main(common + ["-o", str(tmp_path / "plain.png")]) == 0
+    assert main(common + ["--lora", f"{lora_files['peft']}:0.5", "--lora", f"{lora_files['kohya']}:0.3",
+                          "-o", str(tmp_path / "lora.png")]) == 0
+    pipe = sdrt.load(tiny_artifact, backend="onnxruntime")
+    pipe.load_lora(lora_files["peft"], 0.8)
+    expected = np.asarray(pipe(PROMPT, num_inference_steps=3, seed=5).images[0], dtype=float)
+    got = np.asarray(Image.open(tmp_path / "lora.png"), dtype=float)
+    assert np.abs(got - expected).mean() <= 1  # 0.5 + 0.3 of the same pairs, through PNG
+    assert np.abs(got - np.asarray(Image.open(tmp_path / "plain.png"), dtype=float)).mean() > 5
+
+
+def test_export_names_every_linear_and_convolution_weight_after_its_module(tiny_artifact, tiny_checkpoint):
+    """The artifact contract run-time LoRA relies on (docs/artifact.md): model.<module>.weight, and
+    model.<module>.weight.T for linear layers, which the ONNX files store transposed."""
+    from transformers import CLIPTextModel
+
+    from sdrt.runtime.artifact import open_artifact
+    from sdrt.runtime.module_weights import ModuleWeights
+
+    artifact = open_artifact(tiny_artifact)
+    unet = diffusers.UNet2DConditionModel.from_pretrained(tiny_checkpoint / "unet")
+    text_encoder = CLIPTextModel.from_pretrained(tiny_checkpoint / "text_encoder")
+    for role, module in (("denoiser", unet), ("text_encoder", text_encoder)):
+        weights = ModuleWeights(artifact.component_for_role(role))
+        layers = {name: layer for name, layer in module.named_modules()
+                  if isinstance(layer, (torch.nn.Linear, torch.nn.Conv2d))}
+        assert layers and set(layers) <= set(weights.modules)
+        stored = weights.read([weights.modules[name][0] for name in layers])
+        for name, layer in layers.items():
+            initializer, transposed = weights.modules[name]
+            assert not (transposed and isinstance(layer, torch.nn.Conv2d))  # (a Gemm's linear weight: as is)
+            expected = layer.weight.detach().numpy()
+            np.testing.assert_array_equal(stored[initializer], expected.T if transposed else expected)
+
+
+def test_run_time_weights_in_external_data(tiny_checkpoint, tiny_artifact, lora_files, tmp_path, monkeypatch):
+    """The same LoRA and textual-inversion word on an artifact whose networks keep every weight in
+    external data files (as the SD 1.5 UNet does): the LoRA's weights are replaced in place, the
+    longer token table through the rewritten model; the images equal the inline artifact's."""
+    from safetensors.torch import save_file
+
+    from sdrt.export import onnx_export
+
+    monkeypatch.setattr(onnx_export, "EXTERNAL_DATA_THRESHOLD", 0)
+    external = sdrt.export_checkpoint(tiny_checkpoint, tmp_path / "external")
+    assert (external / "text_encoder" / "model.onnx.data").is_file()
+    save_file({"<toy>": torch.ones(32) * 0.3}, str(tmp_path / "toy.safetensors"))
+    latents = gaussian_noise(6, (1, 4, 32, 32))
+    images = []
+    for artifact in (tiny_artifact, external):
+        pipe = sdrt.load(artifact, backend="onnxruntime")
+        pipe.load_textual_inversion(tmp_path / "toy.safetensors")
+        pipe.load_lora(lora_files["kohya"], 0.8)
+        images.append(sdrt_image(pipe, latents, "a photo of <toy>"))
+    np.testing.assert_allclose(images[1], images[0], atol=1e-5)

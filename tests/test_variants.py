@@ -104,6 +104,41 @@ def test_load_picks_variants_by_name_or_per_component(fp16_artifact, backends):
     assert mixed.precisions == {"text_encoder": "fp32", "unet": "fp16", "vae_decoder": "fp32"}
 
 
+def write_random_lora(path, seed=0):
+    """A kohya-layout LoRA for a UNet attention projection and convolution and a text-encoder
+    projection of the tiny model."""
+    from safetensors.numpy import save_file
+
+    rng = np.random.default_rng(seed)
+    shapes = {"lora_unet_mid_block_attentions_0_transformer_blocks_0_attn2_to_v": ((4, 32), (64, 4)),
+              "lora_unet_down_blocks_0_resnets_0_conv1": ((4, 32, 3, 3), (32, 4, 1, 1)),
+              "lora_te_text_model_encoder_layers_0_self_attn_q_proj": ((4, 32), (32, 4))}
+    tensors = {}
+    for stem, (down, up) in shapes.items():
+        tensors[f"{stem}.lora_down.weight"] = (rng.standard_normal(down) * 0.5).astype(np.float32)
+        tensors[f"{stem}.lora_up.weight"] = (rng.standard_normal(up) * 0.5).astype(np.float32)
+    save_file(tensors, str(path))
+    return path
+
+
+def test_run_time_lora_on_fp16_networks(fp16_artifact, backends, tmp_path):
+    """fp16 weights replaced at run time (cast from fp32 + update) change the image as they do in
+    fp32; on ONNX Runtime's CPU provider the fp16 weights are cast by its constant folding, which
+    must see the replaced values."""
+    lora = write_random_lora(tmp_path / "lora.safetensors")
+    for backend in backends:
+        images = {}
+        for precision in ("fp32", "fp16"):
+            pipe = sdrt.load(fp16_artifact, backend=backend, precision=precision)
+            before = np.asarray(pipe("a cat", seed=3, num_inference_steps=3).images[0], dtype=float)
+            assert pipe.load_lora(lora, 0.7)["matched"] == {"text_encoder": 1, "unet": 2}
+            images[precision] = (before, np.asarray(pipe("a cat", seed=3, num_inference_steps=3).images[0],
+                                                    dtype=float))
+        effect = np.abs(images["fp32"][1] - images["fp32"][0]).mean()
+        assert effect > 3
+        assert np.abs(images["fp16"][1] - images["fp32"][1]).mean() < 0.1 * effect, backend
+
+
 def test_load_refuses_precisions_it_cannot_serve(fp16_artifact, tiny_artifact):
     with pytest.raises(ArtifactError, match="no fp16 variant of any network.*sdrt quantize"):
         sdrt.load(tiny_artifact, backend="onnxruntime", precision="fp16")
@@ -197,6 +232,8 @@ def test_weight_only_variants_are_openvino_models_with_compressed_weights(precis
     assert image.std() > 0
     with pytest.raises(RequestError, match="OpenVINO model .*backend='openvino'"):
         sdrt.load(folder, backend="onnxruntime", precision=precision)
+    with pytest.raises(RequestError, match=f"The {precision} text_encoder stores quantized weights; .*precision="):
+        pipe.load_lora(write_random_lora(tmp_path / "lora.safetensors"))
 
 
 def test_int8_quantizes_the_unets_activations_on_calibration_inputs_and_the_other_weights(tiny_artifact, tmp_path):

@@ -1,6 +1,7 @@
 """Turn a trained demo folder into the shipped demo model: models/demo/checkpoint and artifact.
 
     python -m sdrt.models.demo.publish TRAINED_FOLDER
+    python -m sdrt.models.demo.publish --export-only    # after a change to the exporter
 
 TRAINED_FOLDER is what `python -m sdrt.models.demo.train` trained (both stages). The diffusers
 folder is written with fp16 weights (half the bytes; the exporter computes in fp32, so the
@@ -27,8 +28,6 @@ CONFIG_FOLDERS = ("scheduler", "tokenizer")
 
 def publish(trained: Path, checkpoint: Path = CHECKPOINT, artifact: Path = ARTIFACT) -> dict:
     """Write the fp16 diffusers folder to `checkpoint` and its export to `artifact`; return their sizes."""
-    from ...export.exporter import export_checkpoint
-
     trained = Path(trained)
     for stage in ("vae", "unet"):
         if not (trained / "training" / f"{stage}.json").is_file():
@@ -37,11 +36,7 @@ def publish(trained: Path, checkpoint: Path = CHECKPOINT, artifact: Path = ARTIF
     staging = checkpoint.parent / f".publish-{uuid.uuid4().hex[:8]}"
     try:
         _write_half_precision_folder(trained, staging / "checkpoint")
-        export_checkpoint(staging / "checkpoint", staging / "artifact")
-        manifest_path = staging / "artifact" / "sdrt.json"
-        manifest = json.loads(manifest_path.read_text())
-        manifest["exporter"]["source"] = "sdrt.models.demo checkpoint (fp16 diffusers folder)"
-        manifest_path.write_text(json.dumps(manifest, indent=2))
+        _export(staging / "checkpoint", staging / "artifact")
         for made, shipped in ((staging / "checkpoint", checkpoint), (staging / "artifact", artifact)):
             if shipped.exists():
                 shutil.rmtree(shipped)
@@ -49,6 +44,28 @@ def publish(trained: Path, checkpoint: Path = CHECKPOINT, artifact: Path = ARTIF
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return {"checkpoint_bytes": folder_bytes(checkpoint), "artifact_bytes": folder_bytes(artifact)}
+
+
+def export_again(checkpoint: Path = CHECKPOINT, artifact: Path = ARTIFACT) -> dict:
+    """Re-export the shipped checkpoint into the shipped artifact (the exporter changed)."""
+    staging = checkpoint.parent / f".publish-{uuid.uuid4().hex[:8]}"
+    try:
+        _export(checkpoint, staging / "artifact")
+        shutil.rmtree(artifact)
+        (staging / "artifact").rename(artifact)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return {"artifact_bytes": folder_bytes(artifact)}
+
+
+def _export(checkpoint: Path, target: Path) -> None:
+    from ...export.exporter import export_checkpoint
+
+    export_checkpoint(checkpoint, target)
+    manifest_path = target / "sdrt.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["exporter"]["source"] = "sdrt.models.demo checkpoint (fp16 diffusers folder)"
+    manifest_path.write_text(json.dumps(manifest, indent=2))
 
 
 def _write_half_precision_folder(trained: Path, target: Path) -> None:
@@ -82,9 +99,13 @@ def folder_bytes(folder: Path) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("trained", type=Path, help="the diffusers folder the training recipe trained")
+    parser.add_argument("trained", type=Path, nargs="?", help="the diffusers folder the training recipe trained")
+    parser.add_argument("--export-only", action="store_true",
+                        help="re-export the shipped checkpoint into the shipped artifact instead")
     args = parser.parse_args(argv)
-    print(json.dumps(publish(args.trained)))
+    if args.export_only == (args.trained is not None):
+        parser.error("give TRAINED_FOLDER or --export-only")
+    print(json.dumps(export_again() if args.export_only else publish(args.trained)))
     return 0
 
 

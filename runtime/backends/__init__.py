@@ -7,6 +7,7 @@ means adding one file here and its name to BACKENDS.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -28,24 +29,15 @@ class SessionOptions:
     precision: str = "fp32"  # compute precision: fp32, or bf16 where the backend offers it
     num_threads: int | None = None  # None: the backend's default (all cores)
     engine_cache: str | None = None  # folder for compiled engines (backends that compile); None: no cache
-    # a text encoder's extra token vectors (textual inversion), appended to its token-embedding
-    # table in the loaded model; ids from the table's size on
-    token_embeddings: np.ndarray | None = field(default=None, compare=False)
+    # weights replaced in the loaded model, by initializer name (run-time LoRA, textual
+    # inversion's longer token table: runtime/module_weights.py); the files stay as exported
+    weights: Mapping[str, np.ndarray] | None = field(default=None, compare=False)
 
     def __post_init__(self):
         if self.precision not in PRECISIONS:
             raise RequestError(f"Unknown precision {self.precision!r}; choose one of: {', '.join(PRECISIONS)}.")
         if self.num_threads is not None and self.num_threads < 1:
             raise RequestError(f"num_threads must be >= 1, got {self.num_threads}.")
-
-
-def extended_token_table(table: np.ndarray | None, component, extra: np.ndarray) -> np.ndarray:
-    """The token-embedding `table` read from a text encoder's model with `extra` rows after it."""
-    if table is None:
-        raise RequestError(f"The {component.precision} {component.spec.name} has no token-embedding table sdrt can "
-                           "extend (a re-exported or quantized text encoder?); load embeddings with the fp32 text "
-                           "encoder (precision={'text_encoder': 'fp32'}).")
-    return np.concatenate([table.astype(np.float32), extra.astype(np.float32)])
 
 
 class Session(Protocol):

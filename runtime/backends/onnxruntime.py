@@ -1,17 +1,22 @@
 """ONNX Runtime backend: CPUExecutionProvider (GPU providers come with the GPU backends)."""
 from __future__ import annotations
 
+import contextlib
+import mmap
+from pathlib import Path
+
 import numpy as np
 import onnxruntime as ort
 
 from ..artifact import Component
 from ..errors import BackendUnavailableError, RequestError
-from ..onnx_proto import initializer
-from ..textual_inversion import TOKEN_EMBEDDING
-from . import SessionOptions, cast_feeds, extended_token_table
+from ..onnx_proto import initializers, with_external_weights
+from . import SessionOptions, cast_feeds
 
 PROVIDERS = {"cpu": "CPUExecutionProvider"}
 PRECISIONS = ("fp32",)
+# the name replaced weights are given as an external-data file that exists only in memory
+REPLACED_WEIGHTS = "sdrt-replaced-weights.bin"
 
 
 class OnnxRuntimeSession:
@@ -36,14 +41,8 @@ class OnnxRuntimeSession:
         settings.log_severity_level = 3
         if options.num_threads:
             settings.intra_op_num_threads = options.num_threads
-        if options.token_embeddings is not None:
-            # The table's initializer replaced by a longer one (ONNX Runtime takes it at load; the
-            # Gather reads rows by id, whatever the table's length).
-            found = initializer(component.path, TOKEN_EMBEDDING) if component.path.suffix == ".onnx" else None
-            table = extended_token_table(found and found[1], component, options.token_embeddings)
-            self._table = ort.OrtValue.ortvalue_from_numpy(table)  # kept alive with the session
-            settings.add_initializer(found[0], self._table)
-        self._session = ort.InferenceSession(str(component.path), settings, providers=[provider])
+        with _replaced_weights(settings, component.path, options.weights or {}) as source:
+            self._session = ort.InferenceSession(source, settings, providers=[provider])
         self.input_names = [i.name for i in self._session.get_inputs()]
         self.output_names = [o.name for o in self._session.get_outputs()]
         self._dtypes = {t.name: t.dtype for t in component.spec.inputs}
@@ -51,6 +50,44 @@ class OnnxRuntimeSession:
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         outputs = self._session.run(self.output_names, cast_feeds(feeds, self._dtypes))
         return dict(zip(self.output_names, outputs))
+
+
+@contextlib.contextmanager
+def _replaced_weights(settings: ort.SessionOptions, path: Path, weights: dict[str, np.ndarray]):
+    """The model to load (its path, or its bytes) with `weights` in place of the initializers of
+    those names, set up in `settings`; what ONNX Runtime reads stays alive until it has loaded.
+
+    Both ways put the weights in place before ONNX Runtime optimizes the graph. Initializers
+    added with add_initializer come after some passes, and are lost: its NCHWc pass reorders
+    convolution weights, and constant folding casts fp16 weights, from the file's values
+    (tests/test_lora.py, tests/test_variants.py)."""
+    if not weights:
+        yield str(path)
+        return
+    stored = initializers(path)
+    # Weights in external data, replaced by arrays of the same shape: in place, copied in.
+    in_place = {name: np.ascontiguousarray(array) for name, array in weights.items()
+                if stored[name].location is not None and tuple(array.shape) == stored[name].dims}
+    values = [ort.OrtValue.ortvalue_from_numpy(array) for array in in_place.values()]
+    if in_place:
+        settings.add_external_initializers(list(in_place), values)
+    rest = {name: array for name, array in weights.items() if name not in in_place}
+    if not rest:
+        yield str(path)
+        return
+    # The others (weights inside the .onnx file, a longer token table): the model is rewritten
+    # to read them from an external-data file that exists only in memory. ONNX Runtime then
+    # wants every external file from memory: the model's own are mapped (and copied in whole:
+    # sdrt's exports keep a network's weights all inside the .onnx file or all outside).
+    model, data = with_external_weights(path, rest, REPLACED_WEIGHTS)
+    with contextlib.ExitStack() as stack:
+        files = {REPLACED_WEIGHTS: data}
+        for location in sorted({tensor.location for tensor in stored.values() if tensor.location}):
+            handle = stack.enter_context(open(path.parent / location, "rb"))
+            files[location] = stack.enter_context(mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ))
+        settings.add_external_initializers_from_files_in_memory(list(files), list(files.values()),
+                                                                [len(buffer) for buffer in files.values()])
+        yield model
 
 
 def open_session(component: Component, options: SessionOptions) -> OnnxRuntimeSession:

@@ -11,8 +11,7 @@ import openvino as ov
 from ..artifact import Component
 from ..cache import engine_folder
 from ..errors import BackendUnavailableError, RequestError
-from ..textual_inversion import TOKEN_EMBEDDING
-from . import SessionOptions, cast_feeds, extended_token_table, mapped
+from . import SessionOptions, cast_feeds, mapped
 
 DEVICES = {"cpu": "CPU", "gpu": "GPU", "npu": "NPU"}
 PRECISION_HINTS = {"fp32": "f32", "bf16": "bf16"}
@@ -31,7 +30,7 @@ class OpenVinoSession:
         config = {"INFERENCE_PRECISION_HINT": PRECISION_HINTS[options.precision], "PERFORMANCE_HINT": "LATENCY"}
         if options.num_threads and device == "CPU":
             config["INFERENCE_NUM_THREADS"] = options.num_threads
-        if options.engine_cache and options.token_embeddings is None:
+        if options.engine_cache and not options.weights:
             # OpenVINO exports the compiled model on the first compile and imports it after. Its
             # cache key leaves out the precision hint: fp32 and bf16 loads share one blob and each
             # still computes at its own precision (tests/test_engine_cache.py checks this).
@@ -42,11 +41,10 @@ class OpenVinoSession:
             except OSError:
                 pass  # a folder the user named was checked at load; the default one may be unwritable
         # Compiling from the path (not a read model) lets a cached engine skip reading the ONNX.
-        if options.token_embeddings is None:
+        if not options.weights:
             self._compiled = core.compile_model(str(component.path), device, config)
         else:
-            self._compiled = core.compile_model(_with_token_table(core, component, options.token_embeddings),
-                                                device, config)
+            self._compiled = core.compile_model(_with_weights(core, component, options.weights), device, config)
         self._request = self._compiled.create_infer_request()
         self.input_names = [p.any_name for p in self._compiled.inputs]
         # By the manifest's names: a port may carry several (an fp16 variant's outputs also bear
@@ -84,17 +82,16 @@ class OpenVinoSession:
         return {name: result[self._compiled.output(name)] for name in self.output_names}
 
 
-def _with_token_table(core: ov.Core, component: Component, extra: np.ndarray) -> ov.Model:
-    """The model with its token-embedding constant replaced by one with `extra` rows after it."""
+def _with_weights(core: ov.Core, component: Component, weights) -> ov.Model:
+    """The model with the constants that hold the named ONNX initializers replaced by `weights`."""
     model = core.read_model(str(component.path))
-    constant = next((op for op in model.get_ops() if op.get_type_name() == "Constant"
-                     and op.get_friendly_name().endswith(TOKEN_EMBEDDING)), None)
-    table = None
-    if constant is not None and constant.get_element_type() == ov.Type.f32:
-        table = constant.get_data()
-    longer = ov.opset13.constant(extended_token_table(table, component, extra))
-    for target in constant.output(0).get_target_inputs():
-        target.replace_source_output(longer.output(0))
+    constants = {op.get_friendly_name(): op for op in model.get_ops() if op.get_type_name() == "Constant"}
+    for name, array in weights.items():
+        if name not in constants:
+            raise RequestError(f"OpenVINO's reading of {component.path.name} has no weight {name} to replace.")
+        replacement = ov.opset13.constant(np.ascontiguousarray(array))
+        for target in constants[name].output(0).get_target_inputs():
+            target.replace_source_output(replacement.output(0))
     return model
 
 
