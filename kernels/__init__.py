@@ -1,4 +1,6 @@
 """The runtime's own compute: the guidance + sampler update and latent/image conversions.
 
-numpy on the host for now; device versions (a tiny ONNX graph, Triton) must equal these.
+The fused step (guidance, update, next UNet input) exists once per compute target and each
+form must equal the numpy one: sampler_step.py (numpy, the reference), step_graph.py (the
+shipped ONNX graph sampler_step.onnx, for ONNX Runtime device loops), triton_step.py (CUDA).
 """
