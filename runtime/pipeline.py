@@ -118,6 +118,9 @@ class StableDiffusionPipeline:
         # the networks' inputs); every call goes through this dict.
         self.sessions = {role: session for role, (_, session) in sessions.items()}
         self.load_seconds = time.perf_counter() - started
+        if options.device_loop and not hasattr(self.sessions["denoiser"], "device_loop"):
+            raise RequestError(f"The {backend} backend has no device-resident denoising loop (onnxruntime has); "
+                               "leave device_loop unset.")
         entry = artifact.tokenizer_entry("text_encoder")
         self.tokenizer = ClipTokenizer.from_folder(
             artifact.file(entry["files"]["vocab"]).parent, bos_id=entry["bos_id"], eos_id=entry["eos_id"],
@@ -231,38 +234,24 @@ class StableDiffusionPipeline:
                     keep_known = _known_region_keeper(plan, image_latents, noise, latent_mask)
             timings["vae_encoder"] = time.perf_counter() - tick
 
-        # The UNet's inputs are allocated once and refilled every step; with guidance on, the
-        # latents go in twice, as the unconditional and the conditional half of one batch.
-        copies = 2 if request.uses_guidance else 1
-        channels = self._unet_component.spec.inputs[0].shape[1]
-        sample = np.empty((copies * shape[0], channels, *shape[2:]), dtype=np.float32)
-        timestep_feed = np.empty((sample.shape[0],), dtype=np.float32)
-        feeds = {"sample": sample, "timestep": timestep_feed, "encoder_hidden_states": embeddings}
-        halves = [half[:, :shape[1]] for half in np.split(sample, copies)]
-        if extra_channels is not None:
-            sample[:, shape[1]:] = extra_channels
-
-        def predict(scaled: np.ndarray, timestep: float) -> np.ndarray:
-            for half in halves:
-                half[...] = scaled
-            timestep_feed.fill(timestep)
-            out = self.sessions["denoiser"].run(feeds)["out_sample"]
-            if request.uses_guidance:
-                uncond, cond = np.split(out, 2)
-                return guide(uncond, cond, request.guidance_scale)
-            return out
-
         def step_noise(step_index: int, noise_shape: tuple[int, ...]) -> np.ndarray:
             return gaussian_noise(request.seed, noise_shape, step_noise_stream(step_index))
 
+        copies = 2 if request.uses_guidance else 1
+        device_loop = self._device_loop() if keep_known is None and extra_channels is None else None
+        if device_loop is not None:
+            steps = device_loop.run(plan, latents, embeddings, request.guidance_scale, copies, step_noise)
+        else:
+            steps = self._host_loop(request, latents, embeddings, extra_channels, step_noise, keep_known)
         step_times: list[float] = []
         tick = time.perf_counter()
-        final = latents
-        for index, final in run_plan(plan, latents, predict, step_noise, keep_known):
+        fetch = lambda: latents  # noqa: E731  (no steps: the initial latents)
+        for index, fetch in steps:
             step_times.append(time.perf_counter() - tick)
             if callback is not None:
-                callback(index, plan.steps[index].timestep, final)
+                callback(index, plan.steps[index].timestep, fetch())
             tick = time.perf_counter()
+        final = fetch()
         timings["steps"] = step_times
         timings["denoising"] = float(sum(step_times))
 
@@ -287,6 +276,44 @@ class StableDiffusionPipeline:
                 images = [Image.fromarray(image) for image in (images if watermark else to_uint8(images))]
         timings["total"] = time.perf_counter() - started
         return GenerationResult(images=images, seed=request.seed, plan=plan, timings=timings)
+
+    def _host_loop(self, request: GenerationRequest, latents: np.ndarray, embeddings: np.ndarray,
+                   extra_channels: np.ndarray | None, step_noise, keep_known):
+        """The loop on the host: (step index, fetch latents) per step, the UNet run through its
+        session with numpy feeds."""
+        # The UNet's inputs are allocated once and refilled every step; with guidance on, the
+        # latents go in twice, as the unconditional and the conditional half of one batch.
+        copies = 2 if request.uses_guidance else 1
+        channels = self._unet_component.spec.inputs[0].shape[1]
+        sample = np.empty((copies * latents.shape[0], channels, *latents.shape[2:]), dtype=np.float32)
+        timestep_feed = np.empty((sample.shape[0],), dtype=np.float32)
+        feeds = {"sample": sample, "timestep": timestep_feed, "encoder_hidden_states": embeddings}
+        halves = [half[:, :latents.shape[1]] for half in np.split(sample, copies)]
+        if extra_channels is not None:
+            sample[:, latents.shape[1]:] = extra_channels
+
+        def predict(scaled: np.ndarray, timestep: float) -> np.ndarray:
+            for half in halves:
+                half[...] = scaled
+            timestep_feed.fill(timestep)
+            out = self.sessions["denoiser"].run(feeds)["out_sample"]
+            if request.uses_guidance:
+                uncond, cond = np.split(out, 2)
+                return guide(uncond, cond, request.guidance_scale)
+            return out
+
+        for index, x in run_plan(request.plan, latents, predict, step_noise, keep_known):
+            yield index, lambda x=x: x
+
+    def _device_loop(self):
+        """The denoiser session's device-resident loop when it is on (SessionOptions.device_loop;
+        by default for devices other than the CPU), else None. Inpainting runs on the host (its
+        known region is blended in after every step)."""
+        wanted = self.options.device_loop if self.options.device_loop is not None else self.options.device != "cpu"
+        if not wanted:
+            return None
+        make = getattr(self.sessions["denoiser"], "device_loop", None)  # absent: a wrapped or other session
+        return make() if make is not None else None
 
     def load_textual_inversion(self, path: str | os.PathLike, token: str | None = None) -> str:
         """Teach the pipeline a word from a textual-inversion embedding file (.safetensors: the
@@ -541,7 +568,8 @@ def _round_to(value: int, multiple: int) -> int:
 def load(artifact: str | os.PathLike, backend: str | None = None, device: str = "cpu", *,
          precision: Precision = "fp32",
          num_threads: int | None = None, verify_checksums: bool = True,
-         engine_cache: str | os.PathLike | bool | None = None) -> StableDiffusionPipeline:
+         engine_cache: str | os.PathLike | bool | None = None,
+         device_loop: bool | None = None) -> StableDiffusionPipeline:
     """Open an sdrt artifact folder on a backend and return a text-to-image pipeline.
 
     backend: "onnxruntime" or "openvino" (default: openvino where installed, else onnxruntime);
@@ -554,11 +582,16 @@ def load(artifact: str | os.PathLike, backend: str | None = None, device: str = 
     skips compilation: True for the user cache ($SDRT_CACHE/engines, default
     ~/.cache/sdrt/engines; skipped when it cannot be created), a folder (created if missing),
     False for none; None (default): the user cache on GPU and NPU devices, none on the CPU, where
-    a cached engine keeps 3.2 GiB more resident at SD 1.5 sizes (see the README).
+    a cached engine keeps 3.2 GiB more resident at SD 1.5 sizes (see the README);
+    device_loop: run the denoising loop with its tensors on the device (onnxruntime: IOBinding,
+    the UNet's output fed to kernels/sampler_step.onnx and its output back to the UNet; latents
+    leave the device after the last step, or after each when a callback asks for them); None
+    (default): on for GPU devices, off on the CPU; inpainting always runs on the host.
     """
     if engine_cache is None:
         engine_cache = device != "cpu"
-    options = SessionOptions(device=device, num_threads=num_threads, engine_cache=_engine_cache_folder(engine_cache))
+    options = SessionOptions(device=device, num_threads=num_threads, engine_cache=_engine_cache_folder(engine_cache),
+                             device_loop=device_loop)
     backend = best_backend() if backend is None else backend
     backend_module(backend)  # a missing package fails before the checksums are read
     return StableDiffusionPipeline(open_artifact(Path(artifact), verify_checksums=verify_checksums), backend, options,

@@ -29,6 +29,9 @@ class SessionOptions:
     precision: str = "fp32"  # compute precision: fp32, or bf16 where the backend offers it
     num_threads: int | None = None  # None: the backend's default (all cores)
     engine_cache: str | None = None  # folder for compiled engines (backends that compile); None: no cache
+    # run the denoising loop with its tensors on the device (backends whose sessions offer
+    # device_loop()); None: on for devices other than the CPU
+    device_loop: bool | None = None
     # weights replaced in the loaded model, by initializer name (run-time LoRA, textual
     # inversion's longer token table: runtime/module_weights.py); the files stay as exported
     weights: Mapping[str, np.ndarray] | None = field(default=None, compare=False)
@@ -46,6 +49,10 @@ class Session(Protocol):
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run once on host arrays; return every output by name."""
+
+    # Optional, for a denoiser: device_loop() -> an object whose run(plan, latents, embeddings,
+    # guidance_scale, copies, noise_for_step) yields (step index, fetch latents) as the loop
+    # runs on the device (runtime/backends/onnxruntime_loop.py).
 
 
 def backend_module(name: str):

@@ -12,6 +12,7 @@ from ..artifact import Component
 from ..errors import BackendUnavailableError, RequestError
 from ..onnx_proto import initializers, with_external_weights
 from . import SessionOptions, cast_feeds
+from .onnxruntime_loop import OrtDeviceLoop
 
 PROVIDERS = {"cpu": "CPUExecutionProvider"}
 PRECISIONS = ("fp32",)
@@ -43,6 +44,7 @@ class OnnxRuntimeSession:
             settings.intra_op_num_threads = options.num_threads
         with _replaced_weights(settings, component.path, options.weights or {}) as source:
             self._session = ort.InferenceSession(source, settings, providers=[provider])
+        self._device = options.device
         self.input_names = [i.name for i in self._session.get_inputs()]
         self.output_names = [o.name for o in self._session.get_outputs()]
         self._dtypes = {t.name: t.dtype for t in component.spec.inputs}
@@ -50,6 +52,10 @@ class OnnxRuntimeSession:
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         outputs = self._session.run(self.output_names, cast_feeds(feeds, self._dtypes))
         return dict(zip(self.output_names, outputs))
+
+    def device_loop(self) -> OrtDeviceLoop:
+        """The denoising loop on this UNet session's device, through IOBinding."""
+        return OrtDeviceLoop(self._session, self._session.get_providers(), self._device)
 
 
 @contextlib.contextmanager
