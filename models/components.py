@@ -50,6 +50,29 @@ class ComponentSpec:
     def output_names(self) -> list[str]:
         return [t.name for t in self.outputs]
 
+    def shape_profile(self, sizes: dict[str, int], ranges: dict[str, tuple[int, int]] | None = None
+                      ) -> dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]:
+        """TensorRT-style (min, opt, max) shapes of every input: `sizes` gives each symbolic axis's
+        opt size, `ranges` the (min, max) of the axes allowed to vary (the others are fixed at
+        their opt size). Each size is kept inside the axis's range and on its multiple (min
+        rounded up, max down); an opt size outside them is refused."""
+        bounds = {}
+        for axis in {a for t in self.inputs for a in t.shape if isinstance(a, str)}:
+            if axis not in sizes:
+                raise ValueError(f"The {self.name} profile needs a size for its {axis!r} axis.")
+            low, high = self.axis_ranges.get(axis, (1, 2**31 - 1))
+            multiple = self.axis_multiples.get(axis, 1)
+            opt = sizes[axis]
+            if not low <= opt <= high or opt % multiple:
+                raise ValueError(f"{axis} = {opt} is outside what the {self.name} takes ({low}..{high}, "
+                                 f"multiples of {multiple}).")
+            least, most = (ranges or {}).get(axis, (opt, opt))
+            least = max(low, -(-min(least, opt) // multiple) * multiple)
+            most = min(high, max(most, opt) // multiple * multiple)
+            bounds[axis] = (least, opt, most)
+        return {t.name: tuple(tuple(bounds[a][i] if isinstance(a, str) else a for a in t.shape) for i in range(3))
+                for t in self.inputs}
+
     def to_json(self) -> dict:
         return {
             "role": self.role,

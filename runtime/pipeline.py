@@ -18,7 +18,7 @@ import numpy as np
 from ..kernels.image import to_uint8, to_unit_range
 from ..kernels.sampler_step import guide
 from .artifact import Artifact, open_artifact
-from .backends import SessionOptions, backend_module, best_backend
+from .backends import SessionOptions, backend_module, best_backend, default_profile
 from .cache import default_engine_cache
 from .errors import ArtifactError, RequestError
 from .loop import run_plan
@@ -87,6 +87,9 @@ class StableDiffusionPipeline:
         options = options or SessionOptions()
         if artifact.family not in ("sd1", "sd2"):
             raise ArtifactError(f"This sdrt runs the sd1 and sd2 families; the artifact is {artifact.family!r}.")
+        if options.profile is None:  # shapes for engines built for a range of them (TensorRT)
+            options = replace(options, profile=default_profile(tuple(artifact.pipeline["default_size"]),
+                                                               artifact.pipeline["vae_scale_factor"]))
         self.artifact = artifact
         self.backend = backend
         self.options = options

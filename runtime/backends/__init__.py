@@ -21,6 +21,12 @@ BACKENDS = {
     "openvino": ("openvino", "openvino"),
 }
 PRECISIONS = ("fp32", "bf16")
+# (min, opt, max) of each symbolic axis that TensorRT engines are built for, unless the
+# caller gives its own: batch 2 (guidance) at the artifact's default size, up to batch 16,
+# 256..1024 pixels (latents 32..128), prompts up to 8 chunks of 77 tokens.
+PROFILE_BATCH = (1, 2, 16)
+PROFILE_LATENT = (32, 128)
+PROFILE_SEQUENCE = (77, 77 * 8)
 
 
 @dataclass(frozen=True)
@@ -32,6 +38,8 @@ class SessionOptions:
     # run the denoising loop with its tensors on the device (backends whose sessions offer
     # device_loop()); None: on for devices other than the CPU
     device_loop: bool | None = None
+    # axis -> (min, opt, max) sizes for engines built for a range of shapes (TensorRT)
+    profile: dict[str, tuple[int, int, int]] | None = field(default=None, compare=False)
     # weights replaced in the loaded model, by initializer name (run-time LoRA, textual
     # inversion's longer token table: runtime/module_weights.py); the files stay as exported
     weights: Mapping[str, np.ndarray] | None = field(default=None, compare=False)
@@ -41,6 +49,18 @@ class SessionOptions:
             raise RequestError(f"Unknown precision {self.precision!r}; choose one of: {', '.join(PRECISIONS)}.")
         if self.num_threads is not None and self.num_threads < 1:
             raise RequestError(f"num_threads must be >= 1, got {self.num_threads}.")
+
+
+def default_profile(default_size: tuple[int, int], vae_scale_factor: int) -> dict[str, tuple[int, int, int]]:
+    """(min, opt, max) per axis for TensorRT engines of an artifact whose images default to
+    `default_size` (height, width)."""
+    profile = {"batch": PROFILE_BATCH, "sequence": (PROFILE_SEQUENCE[0], PROFILE_SEQUENCE[0], PROFILE_SEQUENCE[1])}
+    for axis, pixels in zip(("height", "width"), default_size):
+        latent = pixels // vae_scale_factor
+        low, high = min(PROFILE_LATENT[0], latent), max(PROFILE_LATENT[1], latent)
+        profile[f"latent_{axis}"] = (low, latent, high)
+        profile[axis] = (low * vae_scale_factor, pixels, high * vae_scale_factor)
+    return profile
 
 
 class Session(Protocol):

@@ -1,4 +1,5 @@
-"""ONNX Runtime backend: CPUExecutionProvider (GPU providers come with the GPU backends)."""
+"""ONNX Runtime backend: the CPU, CUDA, TensorRT and DirectML execution providers
+(onnxruntime_devices.py), and a device-resident denoising loop (onnxruntime_loop.py)."""
 from __future__ import annotations
 
 import contextlib
@@ -9,22 +10,23 @@ import numpy as np
 import onnxruntime as ort
 
 from ..artifact import Component
-from ..errors import BackendUnavailableError, RequestError
+from ..cache import engine_folder
+from ..errors import RequestError
 from ..onnx_proto import initializers, with_external_weights
 from . import SessionOptions, cast_feeds
+from .onnxruntime_devices import check_available, parse_device, provider_chain
 from .onnxruntime_loop import OrtDeviceLoop
 
-PROVIDERS = {"cpu": "CPUExecutionProvider"}
 PRECISIONS = ("fp32",)
+# where each device kind keeps OrtValues (IOBinding)
+TENSOR_DEVICES = {"cpu": "cpu", "cuda": "cuda", "tensorrt": "cuda", "dml": "dml"}
 # the name replaced weights are given as an external-data file that exists only in memory
 REPLACED_WEIGHTS = "sdrt-replaced-weights.bin"
 
 
 class OnnxRuntimeSession:
     def __init__(self, component: Component, options: SessionOptions):
-        if options.device not in PROVIDERS:
-            raise RequestError(
-                f"The onnxruntime backend runs on: {', '.join(PROVIDERS)}; got device {options.device!r}.")
+        kind, index = parse_device(options.device)
         if component.entry.get("format", "onnx") != "onnx":
             raise RequestError(f"The {component.precision} {component.spec.name} is an OpenVINO model "
                                f"({component.path.name}); run it with backend='openvino', or choose another "
@@ -34,17 +36,30 @@ class OnnxRuntimeSession:
         if options.precision not in PRECISIONS:
             raise RequestError(f"The onnxruntime backend runs the fp32 artifact as exported; precision "
                                f"{options.precision!r} is an openvino option (use backend='openvino').")
-        provider = PROVIDERS[options.device]
-        if provider not in ort.get_available_providers():
-            raise BackendUnavailableError(f"This onnxruntime build lacks {provider}.")
+        check_available(kind, ort.get_available_providers())
+        shapes = folder = None
+        if kind == "tensorrt":  # engines built for a range of shapes, kept in the engine cache
+            if options.profile:
+                shapes = component.spec.shape_profile({axis: bounds[1] for axis, bounds in options.profile.items()},
+                                                      {axis: (bounds[0], bounds[2]) for axis, bounds in
+                                                       options.profile.items()})
+            if options.engine_cache:
+                folder = engine_folder(options.engine_cache, component, "onnxruntime", ort.__version__, options.device)
+                folder.mkdir(parents=True, exist_ok=True)
+        providers = provider_chain(kind, index, engine_folder=folder, shapes=shapes,
+                                   fp16=component.precision == "fp16")
         settings = ort.SessionOptions()
         settings.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         settings.log_severity_level = 3
         if options.num_threads:
             settings.intra_op_num_threads = options.num_threads
+        if kind == "dml":  # DirectML takes neither memory patterns nor parallel execution
+            settings.enable_mem_pattern = False
+            settings.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         with _replaced_weights(settings, component.path, options.weights or {}) as source:
-            self._session = ort.InferenceSession(source, settings, providers=[provider])
-        self._device = options.device
+            self._session = ort.InferenceSession(source, settings, providers=[name for name, _ in providers],
+                                                 provider_options=[values for _, values in providers])
+        self._device = (TENSOR_DEVICES[kind], index)
         self.input_names = [i.name for i in self._session.get_inputs()]
         self.output_names = [o.name for o in self._session.get_outputs()]
         self._dtypes = {t.name: t.dtype for t in component.spec.inputs}
@@ -55,7 +70,7 @@ class OnnxRuntimeSession:
 
     def device_loop(self) -> OrtDeviceLoop:
         """The denoising loop on this UNet session's device, through IOBinding."""
-        return OrtDeviceLoop(self._session, self._session.get_providers(), self._device)
+        return OrtDeviceLoop(self._session, self._session.get_providers(), *self._device)
 
 
 @contextlib.contextmanager
