@@ -145,3 +145,19 @@ def test_triton_step_matches_numpy_in_the_interpreter(tmp_path):
         got = np.load(str(path).replace(".npz", "-triton.npz"))
         for index, want in enumerate(expected):
             np.testing.assert_allclose(got[f"arr_{index}"], want, rtol=1e-6, atol=1e-6 * np.abs(want).max())
+
+
+def test_the_torch_cuda_benchmark_runs_its_steps_on_the_cpu(tmp_path):
+    """benchmarks/torch_cuda.py's flow on the CPU at tiny sizes (the GPU run has minutes, not
+    retries): the loop's image path runs, the results hold every figure the table prints."""
+    pytest.importorskip("torch")
+    pytest.importorskip("diffusers")
+    from sdrt.benchmarks.torch_cuda import main
+
+    path = tmp_path / "result.json"
+    assert main(["--config", "tiny", "--size", "64", "--steps", "3", "--runs", "1", "--device", "cpu",
+                 "--json", str(path)]) == 0
+    result = json.loads(path.read_text())
+    for key in ("end_to_end_s", "text_encoder_s", "denoise_eager_s", "vae_decoder_s", "first_run_s"):
+        assert result[key] > 0, key
+    assert result["graph_vs_eager_max_rel"] == 0 and result["triton_vs_torch_step_max_rel"] == 0
