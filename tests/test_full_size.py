@@ -17,6 +17,14 @@ torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.full_size
 
 
+def installed(backend: str):
+    """The backend's module, or the test skipped."""
+    try:
+        return backend_module(backend)
+    except ImportError:
+        pytest.skip(f"{backend} is not installed")
+
+
 @pytest.fixture(scope="module")
 def sd15(tmp_path_factory):
     from sdrt.export.exporter import export_checkpoint
@@ -59,10 +67,7 @@ def unet_reference(sd15):
 
 @pytest.mark.parametrize("backend", list(BACKENDS))
 def test_unet_step_at_256_matches_pytorch(sd15, unet_reference, backend):
-    try:
-        module = backend_module(backend)
-    except ImportError:
-        pytest.skip(f"{backend} is not installed")
+    module = installed(backend)
     _, artifact = sd15
     feeds, expected = unet_reference
     session = module.open_session(open_artifact(artifact, verify_checksums=False).component("unet"), SessionOptions())
@@ -108,10 +113,7 @@ def test_replaced_weights_at_full_size_match_pytorch(sd15, unet_reference, updat
     (runtime.module_weights) replace the file's in the backend session."""
     from sdrt.runtime.module_weights import ModuleWeights
 
-    try:
-        module = backend_module(backend)
-    except ImportError:
-        pytest.skip(f"{backend} is not installed")
+    module = installed(backend)
     _, artifact = sd15
     feeds, unchanged = unet_reference
     updates, expected = updated_unet_reference
