@@ -1,6 +1,6 @@
 """Where sdrt keeps what it builds once and reuses: compiled engines and built-in benchmark models.
 
-Compiled engines (OpenVINO blobs now; TensorRT plans later) live under the user's cache, not
+Compiled engines (OpenVINO blobs, TensorRT plans) live under the user's cache, not
 inside the artifact: artifacts are often read-only (an installed package, a shared mount), and
 one artifact serves several precisions and devices. Each component gets its own folder, named
 by a hash of its files' SHA-256 (from the manifest), the backend's version and the device, so
@@ -25,6 +25,14 @@ def user_cache() -> Path:
 
 def default_engine_cache() -> Path:
     return user_cache() / "engines"
+
+
+def engine_key(component: Component, settings: dict) -> str:
+    """A file name stem for one engine of `component` built with `settings` (shapes, precision
+    flags, the GPU, the builder's version: whatever changes the engine), so that an engine file
+    is found again only for exactly what made it."""
+    text = "\n".join([*component.checksums, *(f"{key}={settings[key]}" for key in sorted(settings))])
+    return f"{component.spec.name}-{hashlib.sha256(text.encode()).hexdigest()[:20]}"
 
 
 def engine_folder(root: str | os.PathLike, component: Component, backend: str, version: str, device: str) -> Path:

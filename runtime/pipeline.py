@@ -568,15 +568,17 @@ def _round_to(value: int, multiple: int) -> int:
     return max(multiple, int(round(value / multiple)) * multiple)
 
 
-def load(artifact: str | os.PathLike, backend: str | None = None, device: str = "cpu", *,
+def load(artifact: str | os.PathLike, backend: str | None = None, device: str | None = None, *,
          precision: Precision = "fp32",
          num_threads: int | None = None, verify_checksums: bool = True,
          engine_cache: str | os.PathLike | bool | None = None,
          device_loop: bool | None = None) -> StableDiffusionPipeline:
     """Open an sdrt artifact folder on a backend and return a text-to-image pipeline.
 
-    backend: "onnxruntime" or "openvino" (default: openvino where installed, else onnxruntime);
-    device: "cpu" (openvino also "gpu", "npu");
+    backend: "onnxruntime", "openvino" or "tensorrt" (default: openvino where installed, else
+    onnxruntime);
+    device: the backend's default when None ("cpu"; "cuda" for tensorrt); onnxruntime also takes
+    "cuda", "tensorrt", "dml" (":N" for GPU N), openvino "gpu", "npu";
     precision: "fp32"; "bf16" on openvino (fast on CPUs with AMX or AVX512-BF16); or a variant
     the artifact stores ("fp16", ... made by `sdrt quantize`), for every network that has it;
     or a dict by component name, e.g. {"unet": "fp16", "vae_decoder": "fp32"} (see
@@ -591,12 +593,12 @@ def load(artifact: str | os.PathLike, backend: str | None = None, device: str = 
     leave the device after the last step, or after each when a callback asks for them); None
     (default): on for GPU devices, off on the CPU; inpainting always runs on the host.
     """
+    backend = best_backend() if backend is None else backend
+    device = device or backend_module(backend).DEFAULT_DEVICE  # a missing package fails here, first
     if engine_cache is None:
         engine_cache = device != "cpu"
     options = SessionOptions(device=device, num_threads=num_threads, engine_cache=_engine_cache_folder(engine_cache),
                              device_loop=device_loop)
-    backend = best_backend() if backend is None else backend
-    backend_module(backend)  # a missing package fails before the checksums are read
     return StableDiffusionPipeline(open_artifact(Path(artifact), verify_checksums=verify_checksums), backend, options,
                                    precision)
 

@@ -180,7 +180,9 @@ def _engine_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the artifact folder (made by `sdrt export`; default: the embedded demo model)")
     parser.add_argument("--backend", default=None, choices=list(BACKENDS),
                         help="inference engine (default: openvino where installed, else onnxruntime)")
-    parser.add_argument("--device", default="cpu", help="device for the backend: cpu (openvino also gpu, npu)")
+    parser.add_argument("--device", default=None,
+                        help="device for the backend (default: its own, cpu; cuda for tensorrt): onnxruntime also "
+                             "cuda, tensorrt, dml (:N for GPU N), openvino gpu, npu")
     parser.add_argument("--precision", default="fp32", type=_precision_argument,
                         help="fp32; bf16 (an openvino option, fast on CPUs with AMX or AVX512-BF16); a variant "
                              f"the artifact stores ({', '.join(VARIANT_PRECISIONS)}, made by `sdrt quantize`); or "

@@ -1,7 +1,7 @@
 """Backends: one file per inference engine, found by name and imported lazily.
 
-A backend module defines `open_session(component, options) -> Session` and PRECISIONS, the
-compute precisions it offers. Adding a backend
+A backend module defines `open_session(component, options) -> Session`, PRECISIONS, the
+compute precisions it offers, and DEFAULT_DEVICE. Adding a backend
 means adding one file here and its name to BACKENDS.
 """
 from __future__ import annotations
@@ -19,6 +19,7 @@ from ..errors import BackendUnavailableError, RequestError
 BACKENDS = {
     "onnxruntime": ("onnxruntime", "onnxruntime"),
     "openvino": ("openvino", "openvino"),
+    "tensorrt": ("tensorrt", "tensorrt"),
 }
 PRECISIONS = ("fp32", "bf16")
 # (min, opt, max) of each symbolic axis that TensorRT engines are built for, unless the

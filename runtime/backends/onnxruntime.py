@@ -17,6 +17,7 @@ from . import SessionOptions, cast_feeds
 from .onnxruntime_devices import check_available, parse_device, provider_chain
 from .onnxruntime_loop import OrtDeviceLoop
 
+DEFAULT_DEVICE = "cpu"
 PRECISIONS = ("fp32",)
 # where each device kind keeps OrtValues (IOBinding)
 TENSOR_DEVICES = {"cpu": "cpu", "cuda": "cuda", "tensorrt": "cuda", "dml": "dml"}

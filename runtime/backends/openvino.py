@@ -15,6 +15,7 @@ from . import SessionOptions, cast_feeds, mapped
 
 DEVICES = {"cpu": "CPU", "gpu": "GPU", "npu": "NPU"}
 PRECISION_HINTS = {"fp32": "f32", "bf16": "bf16"}
+DEFAULT_DEVICE = "cpu"
 PRECISIONS = tuple(PRECISION_HINTS)
 
 
