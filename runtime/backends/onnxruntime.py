@@ -61,6 +61,7 @@ class OnnxRuntimeSession:
             self._session = ort.InferenceSession(source, settings, providers=[name for name, _ in providers],
                                                  provider_options=[values for _, values in providers])
         self._device = (TENSOR_DEVICES[kind], index)
+        self._loop: OrtDeviceLoop | None = None
         self.input_names = [i.name for i in self._session.get_inputs()]
         self.output_names = [o.name for o in self._session.get_outputs()]
         self._dtypes = {t.name: t.dtype for t in component.spec.inputs}
@@ -70,8 +71,11 @@ class OnnxRuntimeSession:
         return dict(zip(self.output_names, outputs))
 
     def device_loop(self) -> OrtDeviceLoop:
-        """The denoising loop on this UNet session's device, through IOBinding."""
-        return OrtDeviceLoop(self._session, self._session.get_providers(), *self._device)
+        """The denoising loop on this UNet session's device, through IOBinding (made once: it
+        holds the step graph's session)."""
+        if self._loop is None:
+            self._loop = OrtDeviceLoop(self._session, self._session.get_providers(), *self._device)
+        return self._loop
 
 
 @contextlib.contextmanager
