@@ -104,7 +104,7 @@ class TorchLoop:
         self.latents[0].copy_(start)
         self.sample.copy_((first_input_scale * start).repeat(self.copies, *[1] * (start.dim() - 1)))
         for index in range(len(timesteps)):
-            self.timestep.fill_(0).add_(timestep_table[index])
+            self.timestep.copy_(timestep_table[index].expand_as(self.timestep))
             self.coefficients.copy_(row_table[index])
             self.noise.copy_(noise_table[index])
             if self.graph is not None:

@@ -1,9 +1,10 @@
-"""Just enough of the protobuf wire format to list an ONNX file's external-data locations and
-read its initializers.
+"""Just enough of the protobuf wire format to list an ONNX file's external-data locations, read
+its initializers, and rewrite a model so that chosen initializers come from another file.
 
 The runtime must refuse an artifact whose ONNX files point at data outside the artifact
-folder (path traversal) before a backend opens them, without depending on the `onnx`
-package. Field numbers are those of onnx/onnx.proto3.
+folder (path traversal) before a backend opens them, and replaces weights at run time (LoRA,
+textual inversion), without depending on the `onnx` package. Field numbers are those of
+onnx/onnx.proto3.
 """
 from __future__ import annotations
 
