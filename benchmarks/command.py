@@ -192,8 +192,10 @@ def _why_not(artifact, backend: str, offered: tuple[str, ...], precision: str) -
         return str(error)
     formats = {artifact.variant(name, value).entry.get("format", "onnx") for name, value in chosen.items()
                if value not in ("fp32", "bf16")}
-    if backend == "onnxruntime" and formats != {"onnx"}:
+    if backend == "onnxruntime" and "openvino" in formats:
         return f"the {precision} variants are OpenVINO models"
+    if "onnxruntime-cuda" in formats:
+        return f"the {precision} variants run on ONNX Runtime's CUDA provider only"
     return None
 
 

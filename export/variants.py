@@ -77,6 +77,7 @@ class Maker:
     # what the backend computes the variant's float operations in: "bf16" asks OpenVINO for bf16,
     # which it takes on CPUs with AMX or AVX512-BF16 (fp32 elsewhere)
     compute: str = "fp32"
+    report_device: str = "cpu"  # the device the report runs on (a variant of GPU-only operators: the GPU)
 
 
 def _fp16(source: Path, folder: Path, calibration: Calibration | None = None) -> dict:
@@ -89,6 +90,48 @@ def _fp16(source: Path, folder: Path, calibration: Calibration | None = None) ->
     return {"tool": "onnxruntime.transformers.float16.convert_float_to_float16",
             "version": metadata.version("onnxruntime"),
             "settings": {"keep_io_types": True, "op_block_list": "default", "blocked_ops": list(DEFAULT_OP_BLOCK_LIST)}}
+
+
+def _fp32_fused(source: Path, folder: Path, calibration: Calibration | None = None) -> dict:
+    """ONNX Runtime's form of the fp32 UNet: each attention fused into MultiHeadAttention
+    (kernels.fusions), which ONNX Runtime computes without materializing the attention matrix
+    (on the CPU too); everything else, weights included, as exported."""
+    import onnx
+
+    from ..kernels.fusions import fuse_attention
+
+    model = onnx.load(str(source))
+    attention = fuse_attention(model)
+    _save(model, folder)
+    return {"tool": "sdrt.kernels.fusions.fuse_attention", "version": metadata.version("sdrt"),
+            "settings": {"attention_fused": attention, "runs_on": "onnxruntime"}}
+
+
+def _fp16_cuda(source: Path, folder: Path, calibration: Calibration | None = None) -> dict:
+    """ONNX Runtime's CUDA form of fp16, the way its Stable Diffusion demo optimizes a UNet: the
+    attention fused into MultiHeadAttention (kernels.fusions: ONNX Runtime's optimizer knows the
+    TorchScript exporter's attention, not the dynamo exporter's), then its UNet optimizer
+    (GroupNorm, SkipGroupNorm, NHWC convolutions, bias fusions: contrib operators only its CUDA
+    provider has) and the fp16 conversion, inputs and outputs kept float32."""
+    import onnx
+    from onnxruntime.transformers.fusion_options import FusionOptions
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    from ..kernels.fusions import fuse_attention
+
+    model = onnx.load(str(source))
+    attention = fuse_attention(model)
+    # opt_level 0: graph fusions in Python only; ONNX Runtime's own run when the session opens on the GPU
+    optimized = optimize_model(model, model_type="unet", num_heads=0, hidden_size=0, opt_level=0,
+                               optimization_options=FusionOptions("unet"), use_gpu=True)
+    optimized.convert_float_to_float16(keep_io_types=True)
+    optimized.topological_sort()  # the conversion appends its input casts last
+    fused = {op: count for op, count in optimized.get_fused_operator_statistics().items() if count}
+    _save(optimized.model, folder)
+    return {"tool": "sdrt.kernels.fusions.fuse_attention + onnxruntime.transformers.optimizer (model_type unet, "
+                    "use_gpu) + float16", "version": metadata.version("onnxruntime"),
+            "settings": {"attention_fused": attention, "fused_operators": fused, "keep_io_types": True,
+                         "runs_on": "onnxruntime cuda"}}
 
 
 def _weight_compression(mode: str, **settings) -> Callable[[Path, Path], dict]:
@@ -197,14 +240,18 @@ def _qdq_int8(source: Path, folder: Path, calibration: Calibration | None) -> di
 
 # The SD VAE decoder is known to overflow fp16 activations at full size, so fp16 leaves it fp32
 # unless named (--components vae_decoder); ONNX Runtime computes fp16 models in fp16 on the CPU
-# where it has kernels, the nearest this machine gets to a GPU's fp16. Weight-only variants are
-# OpenVINO models (NNCF's ONNX output does not load in ONNX Runtime or OpenVINO at opset 18).
-# int8 is calibrated: the denoiser's activations too (the other networks' weights only); int8-qdq
-# is ONNX Runtime's form of it.
+# where it has kernels, so fp16's report is measured without a GPU. fp16-cuda is ONNX Runtime's
+# CUDA form of the fp16 UNet (its contrib operators run on CUDA only: the report needs that
+# GPU). fp32-fused is ONNX Runtime's form of the fp32 UNet (fused attention, on every provider
+# it has). Weight-only variants are OpenVINO models (NNCF's ONNX output does not load in ONNX Runtime
+# or OpenVINO at opset 18). int8 is calibrated: the denoiser's activations too (the other
+# networks' weights only); int8-qdq is ONNX Runtime's form of it.
 MAKERS = {
     "int8": Maker(("text_encoder", "unet", "vae_decoder"), "openvino", _int8, "openvino", "model.xml",
                   calibrated=True, compute="bf16"),
     "fp16": Maker(("text_encoder", "unet"), "onnxruntime", _fp16),
+    "fp32-fused": Maker(("unet",), "onnxruntime", _fp32_fused, "onnxruntime"),
+    "fp16-cuda": Maker(("unet",), "onnxruntime", _fp16_cuda, "onnxruntime-cuda", report_device="cuda"),
     "int8-qdq": Maker(("text_encoder", "unet"), "onnxruntime", _qdq_int8, calibrated=True),
     "int8-weights": Maker(("text_encoder", "unet", "vae_decoder"), "openvino", _weight_compression("INT8_ASYM"),
                           "openvino", "model.xml"),
@@ -285,8 +332,15 @@ def make_variants(artifact_root: str | Path, precision: str, components: Iterabl
             staged_manifest["components"][name].setdefault("variants", {})[precision] = {
                 **entries[name], "path": f"{staged}/{maker.model_file}", "files": [f"{staged}/{f}" for f in files]}
         backend = report_backend or maker.report_backend
-        quality, component_quality = measure(Artifact(root, staged_manifest), precision, names, backend,
-                                             tuple(prompts), tuple(seeds), steps, fidelity_prompts, report)
+        missing = _missing_device(backend, maker.report_device)
+        if missing is None:
+            quality, component_quality = measure(Artifact(root, staged_manifest), precision, names, backend,
+                                                 tuple(prompts), tuple(seeds), steps, fidelity_prompts, report,
+                                                 maker.report_device)
+        else:  # stored unmeasured, saying so; `sdrt quantize` again where the device is measures it
+            report(f"not measuring: {missing}")
+            quality = {"measured": False, "backend": backend, "device": maker.report_device, "reason": missing}
+            component_quality = {name: dict(quality) for name in names}
         final = root / "variants" / precision
         manifest = artifact.manifest
         for name in names:
@@ -309,6 +363,21 @@ def make_variants(artifact_root: str | Path, precision: str, components: Iterabl
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return quality
+
+
+def _missing_device(backend: str, device: str) -> str | None:
+    """Why `backend` cannot run on `device` here, or None when it can."""
+    if device == "cpu":
+        return None
+    import onnxruntime as ort
+
+    from ..runtime.backends.onnxruntime_devices import PACKAGES, PROVIDERS, parse_device
+
+    kind, _ = parse_device(device)
+    if PROVIDERS[kind] in ort.get_available_providers():
+        return None
+    return (f"the report runs on {backend} {device}, and this ONNX Runtime has no {PROVIDERS[kind]} "
+            f"({PACKAGES[kind]} has)")
 
 
 def _report_bf16(root: Path, prompts: tuple[str, ...], seeds: tuple[int, ...], steps: int, fidelity_prompts: int,
@@ -369,14 +438,15 @@ def calibrate(artifact: Artifact, backend: str, prompts: list[str], steps: int,
 
 
 def measure(artifact: Artifact, precision: str, names: list[str], backend: str, prompts: tuple[str, ...],
-            seeds: tuple[int, ...], steps: int, fidelity_prompts: int, report: Progress) -> tuple[dict, dict]:
+            seeds: tuple[int, ...], steps: int, fidelity_prompts: int, report: Progress,
+            device: str = "cpu") -> tuple[dict, dict]:
     """(pipeline report, {component: report}) of `precision` against fp32 on `backend`."""
     from ..runtime.backends import SessionOptions
     from ..runtime.pipeline import StableDiffusionPipeline
 
     report(f"measuring against fp32 on {backend}")
-    reference = StableDiffusionPipeline(artifact, backend, SessionOptions())
-    variant = StableDiffusionPipeline(artifact, backend, SessionOptions(), precision)
+    reference = StableDiffusionPipeline(artifact, backend, SessionOptions(device=device))
+    variant = StableDiffusionPipeline(artifact, backend, SessionOptions(device=device), precision)
     height, width = reference.default_size
     settings = dict(num_inference_steps=steps, guidance_scale=7.5, output_type="np")
     recorders = {role: _Recorder(session) for role, session in reference.sessions.items()}
@@ -393,7 +463,7 @@ def measure(artifact: Artifact, precision: str, names: list[str], backend: str, 
             ssims.append(ssim(images["fp32"], images[precision]))
     reference.sessions.update({role: recorder.session for role, recorder in recorders.items()})  # stop recording
     pipeline_report = {
-        "precisions": variant.precisions, "reference": "fp32", "backend": backend, "device": "cpu",
+        "precisions": variant.precisions, "reference": "fp32", "backend": backend, "device": device,
         "prompts": list(prompts), "seeds": list(seeds), "steps": steps, "guidance_scale": 7.5,
         "sampler": reference.default_sampler, "size": [height, width], "images": len(psnrs),
         "psnr_db_mean": _finite(np.mean(psnrs)), "psnr_db_min": _finite(min(psnrs)),
@@ -421,7 +491,7 @@ def measure(artifact: Artifact, precision: str, names: list[str], backend: str, 
             differences.append(np.abs(session.run(feeds)[first] - outputs[first]).astype(np.float64))
         flat = np.concatenate([d.ravel() for d in differences])
         component_reports[name] = {
-            "reference": "fp32", "backend": backend, "device": "cpu",
+            "reference": "fp32", "backend": backend, "device": device,
             "inputs": f"the {len(differences)} {role} calls of the report's fp32 images",
             "output_max_abs_diff": float(flat.max()), "output_mean_abs_diff": float(flat.mean()),
         }

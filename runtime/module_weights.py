@@ -16,7 +16,7 @@ from .errors import RequestError
 from .onnx_proto import initializers, read_initializers
 
 WRAPPER = "model."
-FLOAT_PRECISIONS = ("fp32", "fp16")  # ONNX files whose weights are stored as floats
+FLOAT_PRECISIONS = ("fp32", "fp16", "fp32-fused", "fp16-cuda")  # ONNX files whose weights are stored as floats
 
 
 class ModuleWeights:

@@ -94,7 +94,8 @@ class StableDiffusionPipeline:
         self.backend = backend
         self.options = options
         # component name -> the precision it runs in: a stored variant, or bf16 (fp32 files, bf16 compute)
-        self.precisions = resolve_precisions(artifact, options.precision if precision is None else precision, backend)
+        self.precisions = resolve_precisions(artifact, options.precision if precision is None else precision, backend,
+                                             options.device)
         module = backend_module(backend)
         self._backend_module = module
         started = time.perf_counter()

@@ -60,13 +60,17 @@ def _parser() -> argparse.ArgumentParser:
                     "they were made, and measure them against fp32 on the same prompts, seeds and sampler: each "
                     "network's output difference on recorded pipeline inputs, and the PSNR and SSIM of whole "
                     "images. Default networks: fp16 and int4-weights, text encoder and UNet (the SD VAE decoder "
-                    "overflows fp16; name it to convert it too) and int8-qdq; int8 and int8-weights, all three. int8 "
+                    "overflows fp16; name it to convert it too) and int8-qdq; fp16-cuda, the UNet; int8 and "
+                    "int8-weights, all three. int8 "
                     "and int8-qdq are calibrated: the fp32 pipeline first runs on calibration prompts and the "
                     "UNet's activations are quantized for the inputs it received. Needs the export extra (with "
                     "nncf).")
     quantize.add_argument("artifact", help="the artifact folder")
     quantize.add_argument("--precision", required=True, choices=["bf16", *VARIANT_PRECISIONS],
-                          help="the variant to make: fp16 (ONNX, every backend); int8 (UNet weights and "
+                          help="the variant to make: fp16 (ONNX, every backend); fp16-cuda (the UNet in "
+                               "ONNX Runtime's CUDA form: fused attention, GroupNorm, NHWC convolutions; what "
+                               "--precision fp16 picks on onnxruntime's cuda; its report needs that GPU); int8 "
+                               "(UNet weights and "
                                "activations int8, calibrated; other networks int8 weights), int8-weights or "
                                "int4-weights (NNCF weight compression): OpenVINO models, the openvino backend only; "
                                "int8-qdq: ONNX Runtime's int8 (a calibrated static QDQ UNet), which "
@@ -282,6 +286,10 @@ def _db(value: float | None) -> str:
 
 
 def _report_quality(precision: str, report: dict) -> None:
+    if report.get("measured") is False:
+        print(f"{precision}: made; its quality report is not measured: {report['reason']}. Run `sdrt quantize` "
+              f"again where {report['backend']} runs on {report['device']} to measure it.")
+        return
     print(f"{precision}: {', '.join(k for k, v in report['precisions'].items() if v == precision)}; "
           f"{report['images']} images vs fp32 on {report['backend']}: PSNR {_db(report['psnr_db_mean'])} "
           f"(min {_db(report['psnr_db_min'])}), SSIM {report['ssim_mean']:.4f} (min {report['ssim_min']:.4f})")
@@ -388,16 +396,20 @@ def _info(args) -> int:
             print(f"  file   {relative}  sha256 {manifest['files'][relative]['sha256'][:16]}...")
         for precision, variant in entry.get("variants", {}).items():
             quality = variant.get("quality", {})
+            measured = (f"not measured ({quality['reason']})" if quality.get("measured") is False else
+                        f"max {quality.get('output_max_abs_diff', float('nan')):.2e} mean "
+                        f"{quality.get('output_mean_abs_diff', float('nan')):.2e}")
             print(f"  variant {precision:5} {variant['size'] / 2**20:.1f} MiB  by {variant['made_by']['tool']} "
-                  f"{variant['made_by']['version']}  output vs fp32 on {quality.get('backend', '?')}: max "
-                  f"{quality.get('output_max_abs_diff', float('nan')):.2e} mean "
-                  f"{quality.get('output_mean_abs_diff', float('nan')):.2e}")
+                  f"{variant['made_by']['version']}  output vs fp32 on {quality.get('backend', '?')}: {measured}")
             calibration = variant["made_by"].get("calibration")
             if calibration:
                 height, width = calibration["size"]
                 print(f"          calibrated on {calibration['samples']} inputs: {len(calibration['prompts'])} "
                       f"prompts x {calibration['steps']} steps, {width}x{height}, fp32 on {calibration['backend']}")
     for precision, report in manifest.get("quality_reports", {}).items():
+        if report.get("measured") is False:
+            print(f"\nquality {precision}: not measured ({report['reason']})")
+            continue
         print(f"\nquality {precision}: {report['images']} images ({report['size'][1]}x{report['size'][0]}, "
               f"{report['steps']} steps, {report['sampler']}) vs fp32 on {report['backend']}: PSNR "
               f"{_db(report['psnr_db_mean'])} (min {_db(report['psnr_db_min'])}), SSIM {report['ssim_mean']:.4f} "

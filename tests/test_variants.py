@@ -326,3 +326,76 @@ def test_int8_on_onnxruntime_is_a_static_qdq_model_calibrated_on_pipeline_inputs
     assert 15 < psnr(fp32, image) < float("inf")
     with pytest.raises(ArtifactError, match="no int8 variant of any network.*--precision int8"):
         sdrt.load(folder, backend="openvino", precision="int8")
+
+
+def test_fp16_cuda_is_onnx_runtimes_fused_unet_taken_for_fp16_on_its_cuda_provider(fp16_artifact, tmp_path, capsys):
+    """fp16-cuda: the UNet with its attention fused (kernels.fusions) and ONNX Runtime's UNet
+    fusions and fp16 conversion, inputs and outputs float32; precision="fp16" on onnxruntime's
+    cuda takes it, the CPU and other backends keep the portable fp16 and refuse it by name.
+    Without the CUDA provider its report is stored unmeasured, saying why."""
+    import onnx
+    import onnxruntime as ort
+
+    from sdrt.runtime.precisions import resolve_precisions
+
+    folder = shutil.copytree(fp16_artifact, tmp_path / "artifact")
+    assert main(["quantize", str(folder), "--precision", "fp16-cuda", "--report-steps", "2"]) == 0
+    artifact = open_artifact(folder)  # schema and checksums
+    entry = artifact.manifest["components"]["unet"]["variants"]["fp16-cuda"]
+    assert entry["format"] == "onnxruntime-cuda" and entry["path"] == "variants/fp16-cuda/unet/model.onnx"
+    exported = onnx.load(str(artifact.component("unet").path))
+    attention = sum(node.op_type == "Softmax" for node in exported.graph.node)
+    model = onnx.load(str(folder / entry["path"]))
+    onnx.checker.check_model(model)
+    ops = {node.op_type for node in model.graph.node}
+    assert {"MultiHeadAttention", "GroupNorm", "NhwcConv"} <= ops and "Softmax" not in ops
+    assert entry["made_by"]["settings"]["attention_fused"] == attention
+    assert entry["made_by"]["settings"]["fused_operators"]["MultiHeadAttention"] == attention
+    assert all(t.type.tensor_type.elem_type == onnx.TensorProto.FLOAT for t in (*model.graph.input,
+                                                                                 *model.graph.output))
+    weights = [t for t in model.graph.initializer if len(t.dims) >= 2]
+    assert weights and all(t.data_type == onnx.TensorProto.FLOAT16 for t in weights)
+
+    cuda = "CUDAExecutionProvider" in ort.get_available_providers()
+    report = artifact.manifest["quality_reports"]["fp16-cuda"]
+    if not cuda:
+        assert report["measured"] is False and "CUDAExecutionProvider" in report["reason"]
+        assert entry["quality"]["measured"] is False
+        assert "not measured" in capsys.readouterr().out
+        assert main(["info", str(folder)]) == 0
+        assert "fp16-cuda: not measured" in capsys.readouterr().out
+
+    assert resolve_precisions(artifact, "fp16", "onnxruntime", "cuda") == {
+        "text_encoder": "fp16", "unet": "fp16-cuda", "vae_decoder": "fp32"}
+    for backend, device in (("onnxruntime", "cpu"), ("onnxruntime", None), ("openvino", "cpu")):
+        assert resolve_precisions(artifact, "fp16", backend, device)["unet"] == "fp16"
+    with pytest.raises(RequestError, match="only ONNX Runtime's CUDA provider runs; load it with device='cuda'"):
+        sdrt.load(folder, backend="onnxruntime", precision="fp16-cuda")
+    if "openvino" in sdrt.runtime.backends.available_backends():
+        with pytest.raises(RequestError, match="choose precision='fp16' for openvino"):
+            sdrt.load(folder, backend="openvino", precision={"unet": "fp16-cuda"})
+
+
+def test_fp32_fused_is_onnx_runtimes_form_of_fp32_with_the_same_images(tiny_artifact, tmp_path):
+    """fp32-fused: the UNet with its attention fused (MultiHeadAttention), measured on ONNX
+    Runtime's CPU provider when made; the onnxruntime backend takes it for fp32 and makes the
+    plain artifact's images; openvino keeps the exported UNet and refuses this one by name."""
+    folder = shutil.copytree(tiny_artifact, tmp_path / "artifact")
+    assert main(["quantize", str(folder), "--precision", "fp32-fused", "--report-steps", "2"]) == 0
+    manifest = open_artifact(folder).manifest
+    entry = manifest["components"]["unet"]["variants"]["fp32-fused"]
+    assert entry["format"] == "onnxruntime" and entry["made_by"]["settings"]["attention_fused"] > 0
+    assert entry["quality"]["device"] == "cpu" and entry["quality"]["output_max_abs_diff"] < 1e-4
+    assert manifest["quality_reports"]["fp32-fused"]["psnr_db_min"] is None or \
+        manifest["quality_reports"]["fp32-fused"]["psnr_db_min"] > 50
+
+    pipe = sdrt.load(folder, backend="onnxruntime")
+    assert pipe.precisions == {"text_encoder": "fp32", "unet": "fp32-fused", "vae_decoder": "fp32"}
+    fused = np.asarray(pipe("a cat", seed=3, num_inference_steps=3).images[0]).astype(float)
+    plain = np.asarray(sdrt.load(tiny_artifact, backend="onnxruntime")("a cat", seed=3, num_inference_steps=3)
+                       .images[0]).astype(float)
+    assert np.abs(fused - plain).mean() < 0.05
+    if "openvino" in sdrt.runtime.backends.available_backends():
+        assert sdrt.load(folder, backend="openvino").precisions["unet"] == "fp32"
+        with pytest.raises(RequestError, match="choose precision='fp32' for openvino"):
+            sdrt.load(folder, backend="openvino", precision={"unet": "fp32-fused"})

@@ -28,7 +28,12 @@ REPLACED_WEIGHTS = "sdrt-replaced-weights.bin"
 class OnnxRuntimeSession:
     def __init__(self, component: Component, options: SessionOptions):
         kind, index = parse_device(options.device)
-        if component.entry.get("format", "onnx") != "onnx":
+        form = component.entry.get("format", "onnx")
+        if form == "onnxruntime-cuda" and kind != "cuda":
+            raise RequestError(f"The {component.precision} {component.spec.name} holds operators only ONNX Runtime's "
+                               f"CUDA provider runs; load it with device='cuda', or choose precision='fp16' (the "
+                               "portable fp16, which device='cuda' also takes).")
+        if form not in ("onnx", "onnxruntime", "onnxruntime-cuda"):
             raise RequestError(f"The {component.precision} {component.spec.name} is an OpenVINO model "
                                f"({component.path.name}); run it with backend='openvino', or choose another "
                                "precision for this network"

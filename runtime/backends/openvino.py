@@ -23,6 +23,10 @@ class OpenVinoSession:
     def __init__(self, component: Component, options: SessionOptions):
         if options.device not in DEVICES:
             raise RequestError(f"The openvino backend runs on: {', '.join(DEVICES)}; got device {options.device!r}.")
+        if component.entry.get("format", "onnx") in ("onnxruntime", "onnxruntime-cuda"):
+            plain = component.precision.split("-")[0]
+            raise RequestError(f"The {component.precision} {component.spec.name} holds ONNX Runtime's own operators; "
+                               f"choose precision='{plain}' for openvino.")
         core = ov.Core()
         device = DEVICES[options.device]
         if device not in core.available_devices:

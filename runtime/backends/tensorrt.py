@@ -68,8 +68,9 @@ class TensorRtSession:
         if kind != "cuda" or (index and not index.isdigit()):
             raise RequestError(f"The tensorrt backend runs on: cuda (cuda:N for GPU N); got device {options.device!r}.")
         if component.entry.get("format", "onnx") != "onnx":
-            raise RequestError(f"The {component.precision} {component.spec.name} is an OpenVINO model; the tensorrt "
-                               "backend builds engines from ONNX networks (fp32, fp16).")
+            raise RequestError(f"The {component.precision} {component.spec.name} is not a plain ONNX network (its "
+                               f"format: {component.entry['format']}); the tensorrt backend builds engines from ONNX "
+                               "networks (fp32, fp16).")
         if options.precision not in PRECISIONS:
             raise RequestError(f"The tensorrt backend computes in the network's own precision; precision "
                                f"{options.precision!r} is an openvino option.")
