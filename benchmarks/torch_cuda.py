@@ -7,7 +7,7 @@ VAE decoder, on random weights of a named config (latency does not depend on wei
 The UNet and text encoder run in fp16 with PyTorch's SDPA attention and channels-last
 convolutions; the VAE decoder in bf16 (fp32's range: SD's VAE overflows fp16). Reports the
 median of --runs timed runs after a warm-up, the peak GPU memory of a run, and checks that the
-graph replay and the eager loop agree.
+graph replay (of the torch.compile'd UNet with --compile) and the eager loop agree.
 """
 from __future__ import annotations
 
@@ -66,9 +66,16 @@ def measure(args) -> dict:
                        np.zeros(shape, np.float32) for i, step in enumerate(plan.steps)])
     ids = torch.randint(0, 49406, (copies, 77), device=device)
 
-    def call_unet(sample, timestep, embeddings):
-        return unet(sample.contiguous(memory_format=torch.channels_last), timestep, embeddings,
-                    return_dict=False)[0]
+    # torch.compile (inductor, static shapes) under the loop's own CUDA graph: its warm-up step
+    # compiles before the capture. The eager comparison below runs the uncompiled UNet.
+    compiled = torch.compile(unet, dynamic=False) if args.compile else unet
+
+    def call_unet(sample, timestep, embeddings, model=compiled):
+        return model(sample.contiguous(memory_format=torch.channels_last), timestep, embeddings,
+                     return_dict=False)[0]
+
+    def call_eager(sample, timestep, embeddings):
+        return call_unet(sample, timestep, embeddings, unet)
 
     def generate(loop_holder: dict, graph: bool):
         with torch.inference_mode():
@@ -92,7 +99,7 @@ def measure(args) -> dict:
         return time.perf_counter() - started, result
 
     results = {"config": args.config, "size": args.size, "steps": args.steps, "sampler": args.sampler,
-               "guidance": args.guidance, "cuda_graph": graph, "torch": torch.__version__,
+               "guidance": args.guidance, "cuda_graph": graph, "torch_compile": args.compile, "torch": torch.__version__,
                "device": torch.cuda.get_device_name() if cuda else "cpu"}
     holder = {}
     setup, _ = timed(lambda: generate(holder, graph))  # builds, captures, warms up
@@ -111,11 +118,11 @@ def measure(args) -> dict:
     # the parts, eagerly (no graph), for the table
     with torch.inference_mode():
         results["text_encoder_s"], embeddings = timed(lambda: text_encoder(ids)[0])
-        eager = TorchLoop(call_unet, embeddings, shape, copies, step=step, dtype=half)
+        eager = TorchLoop(call_eager, embeddings, shape, copies, step=step, dtype=half)
         results["denoise_eager_s"], eager_final = timed(
             lambda: eager.run(latents, timesteps, rows, noises, plan.steps[0].input_scale).clone())
         results["vae_decoder_s"], _ = timed(lambda: vae.decode(eager_final.to(vae_dtype))[0])
-        reference = TorchLoop(call_unet, embeddings, shape, copies, step=torch_step, dtype=half)
+        reference = TorchLoop(call_eager, embeddings, shape, copies, step=torch_step, dtype=half)
         torch_final = reference.run(latents, timesteps, rows, noises, plan.steps[0].input_scale)
     scale = float(eager_final.abs().max())
     results["graph_vs_eager_max_rel"] = float((final - eager_final).abs().max()) / scale
@@ -132,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--guidance", type=float, default=7.5)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--no-graph", action="store_true", help="run the loop eagerly, without CUDA graphs")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the UNet (inductor, static shapes) inside the loop's CUDA graph")
     parser.add_argument("--device", default="cuda", help="cuda (cpu only checks that the script runs)")
     parser.add_argument("--json", default=None, help="write the results here")
     args = parser.parse_args(argv)

@@ -164,3 +164,18 @@ def test_the_torch_cuda_benchmark_runs_its_steps_on_the_cpu(tmp_path):
     # tests/test_gpu.py checks the graph and the Triton step against references on a GPU)
     assert {"graph_vs_eager_max_rel", "triton_vs_torch_step_max_rel"} <= set(result)
     assert result["device"] == "cpu" and result["cuda_graph"] is False
+
+
+def test_the_torch_cuda_benchmarks_compiled_unet_matches_the_eager_one_on_the_cpu(tmp_path):
+    """--compile: the loop runs the torch.compile'd UNet (inductor) and the benchmark's check
+    compares its final latents with the eager UNet's loop: different code, the same result."""
+    pytest.importorskip("torch")
+    pytest.importorskip("diffusers")
+    from sdrt.benchmarks.torch_cuda import main
+
+    path = tmp_path / "result.json"
+    assert main(["--config", "tiny", "--size", "64", "--steps", "3", "--runs", "1", "--device", "cpu", "--compile",
+                 "--json", str(path)]) == 0
+    result = json.loads(path.read_text())
+    assert result["torch_compile"] is True
+    assert 0 <= result["graph_vs_eager_max_rel"] < 1e-4
