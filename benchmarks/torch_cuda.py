@@ -99,7 +99,8 @@ def measure(args) -> dict:
         return time.perf_counter() - started, result
 
     results = {"config": args.config, "size": args.size, "steps": args.steps, "sampler": args.sampler,
-               "guidance": args.guidance, "cuda_graph": graph, "torch_compile": args.compile, "torch": torch.__version__,
+               "guidance": args.guidance, "cuda_graph": graph, "torch_compile": args.compile,
+               "torch": torch.__version__,
                "device": torch.cuda.get_device_name() if cuda else "cpu"}
     holder = {}
     setup, _ = timed(lambda: generate(holder, graph))  # builds, captures, warms up
