@@ -10,7 +10,9 @@ writes it with the `onnx` package:
 Inputs: model_output [N, C, H, W] (N = copies x B: the unconditional half first), latents_0 ...
 latents_4 [B, C, H, W] (x[i], x[i-1], ...), outputs_1 ... outputs_4 [B, C, H, W] (earlier guided
 outputs), coefficients [13] (one row of kernels.sampler_step.step_coefficients), noise
-[B, C, H, W]. Outputs: next_latents, guided_output [B, C, H, W], next_sample [N, C, H, W].
+[B, C, H, W], next_timestep [N]. Outputs: next_latents, guided_output [B, C, H, W],
+next_sample [N, C, H, W], timestep [N] (next_timestep copied: into the UNet's own timestep
+buffer, so that the UNet reads every step from the same addresses, as a CUDA graph needs).
 """
 from __future__ import annotations
 
@@ -34,10 +36,12 @@ def build_step_graph():
     inputs = [helper.make_tensor_value_info("model_output", TensorProto.FLOAT, ["unet_batch", *latent[1:]])]
     inputs += [helper.make_tensor_value_info(name, TensorProto.FLOAT, latent) for name in LATENT_INPUTS + OUTPUT_INPUTS]
     inputs += [helper.make_tensor_value_info("coefficients", TensorProto.FLOAT, [COEFFICIENTS]),
-               helper.make_tensor_value_info("noise", TensorProto.FLOAT, latent)]
+               helper.make_tensor_value_info("noise", TensorProto.FLOAT, latent),
+               helper.make_tensor_value_info("next_timestep", TensorProto.FLOAT, ["unet_batch"])]
     outputs = [helper.make_tensor_value_info("next_latents", TensorProto.FLOAT, latent),
                helper.make_tensor_value_info("guided_output", TensorProto.FLOAT, latent),
-               helper.make_tensor_value_info("next_sample", TensorProto.FLOAT, ["unet_batch", *latent[1:]])]
+               helper.make_tensor_value_info("next_sample", TensorProto.FLOAT, ["unet_batch", *latent[1:]]),
+               helper.make_tensor_value_info("timestep", TensorProto.FLOAT, ["unet_batch"])]
     constants = {"minus_one": [-1], "zero": 0, "three_ones": [1, 1, 1], "first": [0], "one": [1]}
     nodes = [helper.make_node("Constant", [], [name], value=helper.make_tensor(
         name, TensorProto.INT64, [len(value)] if isinstance(value, list) else [], value
@@ -75,7 +79,8 @@ def build_step_graph():
               helper.make_node("Gather", ["latent_shape", "first"], ["batch"], axis=0),
               helper.make_node("Div", ["unet_batch", "batch"], ["copies"]),
               helper.make_node("Concat", ["copies", "three_ones"], ["repeats"], axis=0),
-              helper.make_node("Tile", ["next_scaled", "repeats"], ["next_sample"])]
+              helper.make_node("Tile", ["next_scaled", "repeats"], ["next_sample"]),
+              helper.make_node("Identity", ["next_timestep"], ["timestep"])]
     graph = helper.make_graph(nodes, "sdrt_sampler_step", inputs, outputs)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="sdrt")
     model.ir_version = 8

@@ -97,6 +97,9 @@ class StableDiffusionPipeline:
         self.precisions = resolve_precisions(artifact, options.precision if precision is None else precision, backend,
                                              options.device)
         module = backend_module(backend)
+        if options.cuda_graph and not getattr(module, "CUDA_GRAPHS", False):
+            raise RequestError(f"The {backend} backend does not capture CUDA graphs (onnxruntime on cuda does); "
+                               "leave cuda_graph off.")
         self._backend_module = module
         started = time.perf_counter()
         sessions = {}
@@ -573,7 +576,7 @@ def load(artifact: str | os.PathLike, backend: str | None = None, device: str | 
          precision: Precision = "fp32",
          num_threads: int | None = None, verify_checksums: bool = True,
          engine_cache: str | os.PathLike | bool | None = None,
-         device_loop: bool | None = None) -> StableDiffusionPipeline:
+         device_loop: bool | None = None, cuda_graph: bool = False) -> StableDiffusionPipeline:
     """Open an sdrt artifact folder on a backend and return a text-to-image pipeline.
 
     backend: "onnxruntime", "openvino" or "tensorrt" (default: openvino where installed, else
@@ -592,14 +595,16 @@ def load(artifact: str | os.PathLike, backend: str | None = None, device: str | 
     device_loop: run the denoising loop with its tensors on the device (onnxruntime: IOBinding,
     the UNet's output fed to kernels/sampler_step.onnx and its output back to the UNet; latents
     leave the device after the last step, or after each when a callback asks for them); None
-    (default): on for GPU devices, off on the CPU; inpainting always runs on the host.
+    (default): on for GPU devices, off on the CPU; inpainting always runs on the host;
+    cuda_graph: onnxruntime on cuda: capture the device loop's UNet calls as CUDA graphs (one
+    per request shape, replayed on every later step and request of that shape).
     """
     backend = best_backend() if backend is None else backend
     device = device or backend_module(backend).DEFAULT_DEVICE  # a missing package fails here, first
     if engine_cache is None:
         engine_cache = device != "cpu"
     options = SessionOptions(device=device, num_threads=num_threads, engine_cache=_engine_cache_folder(engine_cache),
-                             device_loop=device_loop)
+                             device_loop=device_loop, cuda_graph=cuda_graph)
     return StableDiffusionPipeline(open_artifact(Path(artifact), verify_checksums=verify_checksums), backend, options,
                                    precision)
 

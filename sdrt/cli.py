@@ -203,6 +203,8 @@ def _engine_arguments(parser: argparse.ArgumentParser) -> None:
                             "by default in $SDRT_CACHE/engines, else ~/.cache/sdrt/engines (default: on for "
                             "gpu and npu, off on the cpu, where it costs resident memory)")
     cache.add_argument("--no-engine-cache", action="store_true", help="compile on every load and keep nothing")
+    parser.add_argument("--cuda-graph", action="store_true",
+                        help="onnxruntime on cuda: capture the denoising loop's UNet calls as CUDA graphs")
 
 
 def _precision_argument(text: str):
@@ -226,7 +228,7 @@ def _load(args):
             raise CommandError(str(error)) from None
     engine_cache = False if args.no_engine_cache else args.engine_cache
     return sdrt.load(artifact, backend=args.backend, device=args.device, precision=args.precision,
-                     num_threads=args.threads, engine_cache=engine_cache)
+                     num_threads=args.threads, engine_cache=engine_cache, cuda_graph=args.cuda_graph)
 
 
 def main(argv: list[str] | None = None) -> int:

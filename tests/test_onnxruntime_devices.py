@@ -28,6 +28,8 @@ def test_provider_chains_fall_back_in_order(tmp_path):
                      "dml": ["DmlExecutionProvider", "CPUExecutionProvider"]}
     cuda = dict(provider_chain("cuda", 1))["CUDAExecutionProvider"]
     assert cuda["device_id"] == "1" and cuda["cudnn_conv_algo_search"] == "EXHAUSTIVE"
+    assert "enable_cuda_graph" not in cuda  # only for the UNet the device loop captures
+    assert dict(provider_chain("cuda", 0, cuda_graph=True))["CUDAExecutionProvider"]["enable_cuda_graph"] == "1"
 
 
 def test_tensorrt_options_carry_the_unets_profile_and_the_engine_cache(tmp_path):

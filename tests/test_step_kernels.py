@@ -90,11 +90,13 @@ def test_onnx_step_graph_matches_numpy_with_iobinding(copies):
             # inputs and outputs in buffers allocated once, bound by name: the device loop's way
             binding = session.io_binding()
             feeds = {"model_output": model_output, **dict(zip(LATENT_INPUTS, latents)),
-                     **dict(zip(OUTPUT_INPUTS, outputs)), "coefficients": row, "noise": noise}
+                     **dict(zip(OUTPUT_INPUTS, outputs)), "coefficients": row, "noise": noise,
+                     "next_timestep": np.full((model_output.shape[0],), 17.5, np.float32)}
             for name, value in feeds.items():
                 binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(value))
+            expected = [*expected, feeds["next_timestep"]]  # copied to the UNet's timestep buffer
             results = [ort.OrtValue.ortvalue_from_numpy(np.empty_like(value)) for value in expected]
-            for name, value in zip(("next_latents", "guided_output", "next_sample"), results):
+            for name, value in zip(("next_latents", "guided_output", "next_sample", "timestep"), results):
                 binding.bind_ortvalue_output(name, value)
             session.run_with_iobinding(binding)
             for got, want in zip(results, expected):

@@ -39,6 +39,9 @@ class SessionOptions:
     # run the denoising loop with its tensors on the device (backends whose sessions offer
     # device_loop()); None: on for devices other than the CPU
     device_loop: bool | None = None
+    # capture the device loop's UNet calls as CUDA graphs, one per request shape, replayed on
+    # every later step and request of that shape (backends with CUDA_GRAPHS: onnxruntime on cuda)
+    cuda_graph: bool = False
     # axis -> (min, opt, max) sizes for engines built for a range of shapes (TensorRT)
     profile: dict[str, tuple[int, int, int]] | None = field(default=None, compare=False)
     # weights replaced in the loaded model, by initializer name (run-time LoRA, textual
@@ -48,6 +51,8 @@ class SessionOptions:
     def __post_init__(self):
         if self.precision not in PRECISIONS:
             raise RequestError(f"Unknown precision {self.precision!r}; choose one of: {', '.join(PRECISIONS)}.")
+        if self.cuda_graph and self.device_loop is False:
+            raise RequestError("cuda_graph replays the device loop's UNet calls; leave device_loop on (or unset).")
         if self.num_threads is not None and self.num_threads < 1:
             raise RequestError(f"num_threads must be >= 1, got {self.num_threads}.")
 

@@ -18,6 +18,7 @@ from .onnxruntime_devices import check_available, parse_device, provider_chain
 from .onnxruntime_loop import OrtDeviceLoop
 
 DEFAULT_DEVICE = "cpu"
+CUDA_GRAPHS = True  # SessionOptions.cuda_graph: on the cuda device, for the device loop's UNet
 PRECISIONS = ("fp32",)
 # where each device kind keeps OrtValues (IOBinding)
 TENSOR_DEVICES = {"cpu": "cpu", "cuda": "cuda", "tensorrt": "cuda", "dml": "dml"}
@@ -42,7 +43,12 @@ class OnnxRuntimeSession:
         if options.precision not in PRECISIONS:
             raise RequestError(f"The onnxruntime backend runs the fp32 artifact as exported; precision "
                                f"{options.precision!r} is an openvino option (use backend='openvino').")
+        if options.cuda_graph and kind != "cuda":
+            raise RequestError(f"cuda_graph needs ONNX Runtime's CUDA provider (device='cuda'); got device "
+                               f"{options.device!r}.")
         check_available(kind, ort.get_available_providers())
+        # the UNet's calls in the device loop are captured; the other networks run as they come
+        self._cuda_graph = options.cuda_graph and component.spec.role == "denoiser"
         shapes = folder = None
         if kind == "tensorrt":  # engines built for a range of shapes, kept in the engine cache
             if options.profile:
@@ -53,7 +59,7 @@ class OnnxRuntimeSession:
                 folder = engine_folder(options.engine_cache, component, "onnxruntime", ort.__version__, options.device)
                 folder.mkdir(parents=True, exist_ok=True)
         providers = provider_chain(kind, index, engine_folder=folder, shapes=shapes,
-                                   fp16=component.precision == "fp16")
+                                   fp16=component.precision == "fp16", cuda_graph=self._cuda_graph)
         settings = ort.SessionOptions()
         settings.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         settings.log_severity_level = 3
@@ -72,14 +78,19 @@ class OnnxRuntimeSession:
         self._dtypes = {t.name: t.dtype for t in component.spec.inputs}
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        outputs = self._session.run(self.output_names, cast_feeds(feeds, self._dtypes))
+        options = None
+        if self._cuda_graph:  # host arrays move between calls: never captured
+            options = ort.RunOptions()
+            options.add_run_config_entry("gpu_graph_id", "-1")
+        outputs = self._session.run(self.output_names, cast_feeds(feeds, self._dtypes), options)
         return dict(zip(self.output_names, outputs))
 
     def device_loop(self) -> OrtDeviceLoop:
         """The denoising loop on this UNet session's device, through IOBinding (made once: it
         holds the step graph's session)."""
         if self._loop is None:
-            self._loop = OrtDeviceLoop(self._session, self._session.get_providers(), *self._device)
+            self._loop = OrtDeviceLoop(self._session, self._session.get_providers(), *self._device,
+                                       cuda_graphs=self._cuda_graph)
         return self._loop
 
 

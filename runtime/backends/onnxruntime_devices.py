@@ -25,11 +25,13 @@ def parse_device(device: str) -> tuple[str, int]:
 
 
 def provider_chain(kind: str, index: int, *, engine_folder: Path | None = None,
-                   shapes: dict[str, tuple[tuple[int, ...], ...]] | None = None, fp16: bool = True) -> list:
+                   shapes: dict[str, tuple[tuple[int, ...], ...]] | None = None, fp16: bool = True,
+                   cuda_graph: bool = False) -> list:
     """The providers, in the order ONNX Runtime should try them, each (name, options)."""
     cpu = ("CPUExecutionProvider", {})
     cuda = ("CUDAExecutionProvider", {"device_id": str(index), "cudnn_conv_algo_search": "EXHAUSTIVE",
-                                      "arena_extend_strategy": "kSameAsRequested", "do_copy_in_default_stream": "1"})
+                                      "arena_extend_strategy": "kSameAsRequested", "do_copy_in_default_stream": "1",
+                                      **({"enable_cuda_graph": "1"} if cuda_graph else {})})
     if kind == "cpu":
         return [cpu]
     if kind == "cuda":
