@@ -78,7 +78,7 @@ class Session(Protocol):
 
     # Optional, for a denoiser: device_loop() -> an object whose run(plan, latents, embeddings,
     # guidance_scale, copies, noise_for_step) yields (step index, fetch latents) as the loop
-    # runs on the device (runtime/backends/onnxruntime_loop.py).
+    # runs on the device (runtime/device_loop.py; onnxruntime's in backends/onnxruntime_loop.py).
 
 
 def backend_module(name: str):
