@@ -264,7 +264,8 @@ def _save(model, folder: Path) -> None:
     import onnx
 
     folder.mkdir(parents=True)
-    external = model.ByteSize() > EXTERNAL_DATA_BYTES
+    # (weights counted one by one: protobuf cannot measure a model past 2 GiB whole)
+    external = sum(tensor.ByteSize() for tensor in model.graph.initializer) > EXTERNAL_DATA_BYTES
     onnx.save_model(model, str(folder / "model.onnx"), save_as_external_data=external,
                     all_tensors_to_one_file=True, location="model.onnx.data")
 

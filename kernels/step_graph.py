@@ -28,6 +28,18 @@ LATENT_INPUTS = [f"latents_{k}" for k in range(MAX_HISTORY)]
 OUTPUT_INPUTS = [f"outputs_{k}" for k in range(1, MAX_HISTORY)]
 
 
+def step_shape_profile(sample: tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]
+                       ) -> dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]:
+    """(min, opt, max) shapes of the graph's inputs (a TensorRT engine of it) for a UNet whose
+    sample input [N, C, H, W] has the (min, opt, max) shapes `sample`: model_output as the
+    sample; the latent-sized inputs [B, C, H, W] with B from 1 to N (N = B with guidance off,
+    2B with it on: opt taken as on); coefficients fixed; next_timestep [N]."""
+    least, best, most = sample
+    latent = ((1, *least[1:]), (max(1, best[0] // 2), *best[1:]), (most[0], *most[1:]))
+    return {"model_output": tuple(sample), **dict.fromkeys([*LATENT_INPUTS, *OUTPUT_INPUTS, "noise"], latent),
+            "coefficients": ((COEFFICIENTS,),) * 3, "next_timestep": ((least[0],), (best[0],), (most[0],))}
+
+
 def build_step_graph():
     """The fused step as an onnx.ModelProto."""
     from onnx import TensorProto, helper

@@ -31,8 +31,13 @@ def engine_key(component: Component, settings: dict) -> str:
     """A file name stem for one engine of `component` built with `settings` (shapes, precision
     flags, the GPU, the builder's version: whatever changes the engine), so that an engine file
     is found again only for exactly what made it."""
-    text = "\n".join([*component.checksums, *(f"{key}={settings[key]}" for key in sorted(settings))])
-    return f"{component.spec.name}-{hashlib.sha256(text.encode()).hexdigest()[:20]}"
+    return content_key(component.spec.name, component.checksums, settings)
+
+
+def content_key(name: str, checksums: tuple[str, ...], settings: dict) -> str:
+    """`name`, then a hash of the files' checksums and the settings."""
+    text = "\n".join([*checksums, *(f"{key}={settings[key]}" for key in sorted(settings))])
+    return f"{name}-{hashlib.sha256(text.encode()).hexdigest()[:20]}"
 
 
 def engine_folder(root: str | os.PathLike, component: Component, backend: str, version: str, device: str) -> Path:

@@ -181,3 +181,19 @@ def test_the_torch_cuda_benchmarks_compiled_unet_matches_the_eager_one_on_the_cp
     result = json.loads(path.read_text())
     assert result["torch_compile"] is True
     assert 0 <= result["graph_vs_eager_max_rel"] < 1e-4
+
+
+def test_step_graph_profile_covers_every_input_for_the_unets_shapes():
+    """The TensorRT profile of the step engine: every graph input named, the latent-sized ones
+    from batch 1 to the UNet's largest batch, the UNet's output as its sample."""
+    pytest.importorskip("onnx")
+    from sdrt.kernels.step_graph import build_step_graph, step_shape_profile
+
+    sample = ((1, 4, 32, 32), (2, 4, 64, 64), (16, 4, 128, 128))
+    profile = step_shape_profile(sample)
+    assert set(profile) == {i.name for i in build_step_graph().graph.input}
+    assert profile["model_output"] == sample
+    assert profile["latents_0"] == profile["noise"] == ((1, 4, 32, 32), (1, 4, 64, 64), (16, 4, 128, 128))
+    assert profile["next_timestep"] == ((1,), (2,), (16,)) and profile["coefficients"] == ((13,),) * 3
+    for least, best, most in profile.values():
+        assert all(a <= b <= c for a, b, c in zip(least, best, most))

@@ -10,10 +10,14 @@ network, one optimization profile from the component's descriptor and the pipeli
 fp16 kernels for an fp16 variant, refittable when weights are to be replaced, the timing cache
 reused and saved), store (a file named by runtime.cache.engine_key in the engine cache), load
 (deserialize), run (device buffers, execute_async_v3), refit (replaced weights by their ONNX
-initializer names: run-time LoRA without a rebuild).
+initializer names: run-time LoRA without a rebuild). The denoiser also runs the device-resident
+loop (runtime/device_loop.py): the step graph (kernels/sampler_step.onnx) as an engine of its
+own, every tensor in device memory, and with cuda_graph the UNet's call captured as a CUDA
+graph per request shape (TensorRT's way: one enqueue first, then capture on the stream).
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import uuid
 from pathlib import Path
@@ -21,12 +25,16 @@ from pathlib import Path
 import numpy as np
 import tensorrt as trt
 
+from ...kernels.step_graph import STEP_GRAPH, step_shape_profile
 from ..artifact import Component
-from ..cache import default_engine_cache, engine_folder, engine_key
+from ..cache import content_key, default_engine_cache, engine_folder, engine_key
+from ..device_loop import NoiseSource, UnetBuffers, run_on_device
 from ..errors import BackendUnavailableError, RequestError
+from ..samplers import SamplerPlan
 from . import SessionOptions, cast_feeds
 
 DEFAULT_DEVICE = "cuda"
+CUDA_GRAPHS = True  # SessionOptions.cuda_graph: the device loop's UNet calls
 PRECISIONS = ("fp32",)  # an fp16 variant builds with fp16 kernels
 WORKSPACE = 8 << 30
 _LOGGER = trt.Logger(trt.Logger.WARNING)
@@ -104,6 +112,28 @@ class TensorRtSession:
         self.output_names = [n for n in names if n not in self.input_names]
         self._dtypes = {t.name: t.dtype for t in component.spec.inputs}
         self._buffers: dict[str, _DeviceBuffer] = {}
+        self._shapes, self._folder, self._settings = shapes, folder, settings
+        self._cuda_graph = options.cuda_graph and component.spec.role == "denoiser"
+        self._loop: TrtDeviceLoop | None = None
+
+    def device_loop(self) -> "TrtDeviceLoop":
+        """The denoising loop on this engine's GPU (made once: it holds the step engine)."""
+        if self._loop is None:
+            if not self._shapes or "sample" not in self._shapes:
+                raise RequestError("The tensorrt device loop needs the UNet's shape profile; load through "
+                                   "sdrt.load, which sets it.")
+            sample = self._shapes["sample"]
+            profile = step_shape_profile(sample)
+            graph = hashlib.sha256(STEP_GRAPH.read_bytes()).hexdigest()
+            plan = self._folder / f"{content_key('sampler_step', (graph,), {**self._settings, 'shapes': profile})}.plan"
+            if not plan.is_file():
+                _write_atomically(plan, _build_file(STEP_GRAPH, "the sampler step", profile, False, False,
+                                                    self._folder / "timing.cache"))
+            engine = trt.Runtime(_LOGGER).deserialize_cuda_engine(plan.read_bytes())
+            if engine is None:
+                raise RuntimeError(f"TensorRT could not load {plan}; delete it to rebuild.")
+            self._loop = TrtDeviceLoop(self, engine)
+        return self._loop
 
     def _refit(self, weights: dict[str, np.ndarray]) -> None:
         refitter = trt.Refitter(self._engine, _LOGGER)
@@ -145,13 +175,110 @@ class TensorRtSession:
         return {name: value.astype(np.float32, copy=False) for name, value in outputs.items()}
 
 
+class _DeviceTensor:
+    """A float32 tensor in device memory."""
+
+    def __init__(self, cuda, shape: tuple[int, ...]):
+        self.shape = tuple(shape)
+        self.memory = _DeviceBuffer(cuda, int(np.prod(self.shape)) * 4)
+        self.pointer = self.memory.pointer
+
+
+class TrtDeviceLoop:
+    """runtime.device_loop.Device on a TensorRT UNet engine: cudaMalloc'd tensors, the UNet's
+    and the step engine's tensors addressed by name, one stream; with cuda_graph the UNet's
+    call is a CUDA graph, captured once per request shape on buffers kept for that shape."""
+
+    def __init__(self, session: TensorRtSession, step_engine):
+        self._session, self._cuda, self._stream = session, session._cuda, session._stream
+        self._step_engine = step_engine
+        self._step = step_engine.create_execution_context()
+        self._kept: dict[tuple, tuple[UnetBuffers, object]] = {}
+
+    def buffer(self, shape: tuple[int, ...]) -> _DeviceTensor:
+        return _DeviceTensor(self._cuda, shape)
+
+    def to_device(self, array: np.ndarray) -> _DeviceTensor:
+        tensor = self.buffer(array.shape)
+        self.copy_to_device(tensor, array)
+        return tensor
+
+    def copy_to_device(self, tensor: _DeviceTensor, array: np.ndarray) -> None:
+        array = np.ascontiguousarray(array, dtype=np.float32)
+        _check(self._cuda.cudaMemcpyAsync(tensor.pointer, array.ctypes.data, array.nbytes,
+                                          self._cuda.cudaMemcpyKind.cudaMemcpyHostToDevice, self._stream))
+        _check(self._cuda.cudaStreamSynchronize(self._stream))  # the host array may go now
+
+    def to_host(self, tensor: _DeviceTensor) -> np.ndarray:
+        array = np.empty(tensor.shape, np.float32)
+        _check(self._cuda.cudaMemcpyAsync(array.ctypes.data, tensor.pointer, array.nbytes,
+                                          self._cuda.cudaMemcpyKind.cudaMemcpyDeviceToHost, self._stream))
+        _check(self._cuda.cudaStreamSynchronize(self._stream))
+        return array
+
+    def unet_buffers(self, sample_shape: tuple[int, ...], text_shape: tuple[int, ...]) -> UnetBuffers:
+        if not self._session._cuda_graph:
+            return UnetBuffers(self, sample_shape, text_shape)
+        key = (sample_shape, text_shape)
+        if key not in self._kept:
+            self._kept[key] = (UnetBuffers(self, sample_shape, text_shape, len(self._kept)), None)
+        return self._kept[key][0]
+
+    def unet_call(self, buffers: UnetBuffers):
+        session, cuda, stream = self._session, self._cuda, self._stream
+        context = session._context
+        for name, tensor in (("sample", buffers.sample), ("timestep", buffers.timestep),
+                             ("encoder_hidden_states", buffers.text)):
+            context.set_input_shape(name, tensor.shape)
+            context.set_tensor_address(name, tensor.pointer)
+        context.set_tensor_address("out_sample", buffers.output.pointer)
+
+        def run() -> None:
+            if not context.execute_async_v3(stream):
+                raise RuntimeError("TensorRT failed to run the UNet engine.")
+        if buffers.graph_id < 0:
+            return run
+        key = next(k for k, (kept, _) in self._kept.items() if kept is buffers)
+        graph = self._kept[key][1]
+        if graph is None:  # TensorRT's recipe: one enqueue for its shape-dependent setup, then capture
+            run()
+            _check(cuda.cudaStreamSynchronize(stream))
+            _check(cuda.cudaStreamBeginCapture(stream, cuda.cudaStreamCaptureMode.cudaStreamCaptureModeGlobal))
+            run()
+            graph = _check(cuda.cudaGraphInstantiate(_check(cuda.cudaStreamEndCapture(stream)), 0))
+            self._kept[key] = (buffers, graph)
+        return lambda: _check(cuda.cudaGraphLaunch(graph, stream))
+
+    def step_call(self):
+        context, stream = self._step, self._stream
+
+        def step(inputs: dict[str, _DeviceTensor], outputs: dict[str, _DeviceTensor]) -> None:
+            for name, tensor in inputs.items():
+                context.set_input_shape(name, tensor.shape)
+                context.set_tensor_address(name, tensor.pointer)
+            for name, tensor in outputs.items():
+                context.set_tensor_address(name, tensor.pointer)
+            if not context.execute_async_v3(stream):
+                raise RuntimeError("TensorRT failed to run the sampler step engine.")
+        return step
+
+    def run(self, plan: SamplerPlan, latents: np.ndarray, embeddings: np.ndarray, guidance_scale: float,
+            copies: int, noise_for_step: NoiseSource):
+        """runtime.device_loop.run_on_device on this engine's GPU."""
+        return run_on_device(self, plan, latents, embeddings, guidance_scale, copies, noise_for_step)
+
+
 def _build(component: Component, shapes, fp16: bool, refit: bool, timing_cache: Path) -> bytes:
+    return _build_file(component.path, component.spec.name, shapes, fp16, refit, timing_cache)
+
+
+def _build_file(path: Path, what: str, shapes, fp16: bool, refit: bool, timing_cache: Path) -> bytes:
     builder = trt.Builder(_LOGGER)
     network = builder.create_network(0)
     parser = trt.OnnxParser(network, _LOGGER)
-    if not parser.parse_from_file(str(component.path)):  # external data is read from beside the file
+    if not parser.parse_from_file(str(path)):  # external data is read from beside the file
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise RequestError(f"TensorRT could not parse {component.path.name}: {errors}")
+        raise RequestError(f"TensorRT could not parse {path.name}: {errors}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, WORKSPACE)
     if fp16:
@@ -167,7 +294,7 @@ def _build(component: Component, shapes, fp16: bool, refit: bool, timing_cache: 
     config.set_timing_cache(cache, ignore_mismatch=False)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
-        raise RuntimeError(f"TensorRT could not build an engine for {component.spec.name}.")
+        raise RuntimeError(f"TensorRT could not build an engine for {what}.")
     _write_atomically(timing_cache, memoryview(config.get_timing_cache().serialize()).tobytes())
     return memoryview(serialized).tobytes()
 
