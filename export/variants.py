@@ -446,7 +446,8 @@ def measure(artifact: Artifact, precision: str, names: list[str], backend: str, 
     from ..runtime.pipeline import StableDiffusionPipeline
 
     report(f"measuring against fp32 on {backend}")
-    reference = StableDiffusionPipeline(artifact, backend, SessionOptions(device=device))
+    exported = {name: "fp32" for name, entry in artifact.manifest["components"].items() if entry["role"] in ROLES}
+    reference = StableDiffusionPipeline(artifact, backend, SessionOptions(device=device), exported)
     variant = StableDiffusionPipeline(artifact, backend, SessionOptions(device=device), precision)
     height, width = reference.default_size
     settings = dict(num_inference_steps=steps, guidance_scale=7.5, output_type="np")

@@ -385,7 +385,8 @@ def test_fp32_fused_is_onnx_runtimes_form_of_fp32_with_the_same_images(tiny_arti
     manifest = open_artifact(folder).manifest
     entry = manifest["components"]["unet"]["variants"]["fp32-fused"]
     assert entry["format"] == "onnxruntime" and entry["made_by"]["settings"]["attention_fused"] > 0
-    assert entry["quality"]["device"] == "cpu" and entry["quality"]["output_max_abs_diff"] < 1e-4
+    # measured against the exported UNet (a different graph: not bit for bit), on the CPU provider
+    assert entry["quality"]["device"] == "cpu" and 0 < entry["quality"]["output_max_abs_diff"] < 1e-4
     assert manifest["quality_reports"]["fp32-fused"]["psnr_db_min"] is None or \
         manifest["quality_reports"]["fp32-fused"]["psnr_db_min"] > 50
 
@@ -395,6 +396,8 @@ def test_fp32_fused_is_onnx_runtimes_form_of_fp32_with_the_same_images(tiny_arti
     plain = np.asarray(sdrt.load(tiny_artifact, backend="onnxruntime")("a cat", seed=3, num_inference_steps=3)
                        .images[0]).astype(float)
     assert np.abs(fused - plain).mean() < 0.05
+    exported = sdrt.load(folder, backend="onnxruntime", precision={"unet": "fp32"})  # a dict's fp32: as exported
+    assert exported.precisions["unet"] == "fp32"
     if "openvino" in sdrt.runtime.backends.available_backends():
         assert sdrt.load(folder, backend="openvino").precisions["unet"] == "fp32"
         with pytest.raises(RequestError, match="choose precision='fp32' for openvino"):
