@@ -37,6 +37,18 @@ class UnetBuffers:
         self.graph_id = graph_id
 
 
+def unet_buffers_for(device: "Device", kept: dict[tuple, UnetBuffers] | None, sample_shape: tuple[int, ...],
+                     text_shape: tuple[int, ...]) -> UnetBuffers:
+    """New buffers for a request; or, for a backend that captures CUDA graphs (`kept` not None),
+    the buffers kept for this request shape, each shape with a graph id of its own."""
+    if kept is None:
+        return UnetBuffers(device, sample_shape, text_shape)
+    key = (sample_shape, text_shape)
+    if key not in kept:
+        kept[key] = UnetBuffers(device, sample_shape, text_shape, len(kept))
+    return kept[key]
+
+
 class Device(Protocol):
     def buffer(self, shape: tuple[int, ...]) -> Tensor:
         """float32 device memory, allocated without a transfer."""

@@ -72,3 +72,31 @@ def test_cuda_graph_loop_matches_the_host_loop(tiny_checkpoint):
                          np.zeros((len(plan.steps), *shape), np.float32), plan.steps[0].input_scale)
         got = final.cpu().numpy()
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+
+
+def test_the_cuda_graph_loop_moves_no_latents_through_the_host(tiny_checkpoint):
+    """Issue 8's check with the profiler: a denoising run of 8 steps copies host to device only
+    the tables uploaded before the first step (start latents, timesteps, rows, noise) and nothing
+    back (the final latents stay on the device)."""
+    diffusers = pytest.importorskip("diffusers")
+    from sdrt.kernels.torch_loop import TorchLoop, triton_step
+
+    model = diffusers.UNet2DConditionModel.from_pretrained(tiny_checkpoint / "unet").eval().cuda()
+    plan = compile_plan("euler_a", CONFIG, 8)
+    shape = (1, 4, 16, 16)
+    rng = np.random.default_rng(2)
+    latents = rng.standard_normal(shape).astype(np.float32) * np.float32(plan.init_noise_sigma)
+    embeddings = torch.from_numpy(rng.standard_normal((2, 77, model.config.cross_attention_dim)).astype(np.float32))
+    noises = rng.standard_normal((len(plan.steps), *shape)).astype(np.float32)
+    with torch.inference_mode():
+        loop = TorchLoop(lambda s, t, h: model(s, t, h, return_dict=False)[0], embeddings.cuda(), shape, 2,
+                         step=triton_step)
+        loop.capture()
+        torch.cuda.synchronize()
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as profile:
+            loop.run(latents, np.float32([s.timestep for s in plan.steps]), step_coefficients(plan.steps, 7.5),
+                     noises, plan.steps[0].input_scale)
+            torch.cuda.synchronize()
+    names = [event.name for event in profile.events()]
+    assert 0 < sum("HtoD" in name for name in names) <= 4
+    assert not [name for name in names if "DtoH" in name]

@@ -9,7 +9,7 @@ import numpy as np
 import onnxruntime as ort
 
 from ...kernels.step_graph import STEP_GRAPH
-from ..device_loop import NoiseSource, UnetBuffers, run_on_device
+from ..device_loop import NoiseSource, UnetBuffers, run_on_device, unet_buffers_for
 from ..samplers import SamplerPlan
 
 
@@ -24,7 +24,7 @@ class OrtDeviceLoop:
         self._step = ort.InferenceSession(str(STEP_GRAPH), providers=providers)
         self._device, self._device_id = device, device_id
         self._cuda_graphs = cuda_graphs
-        self._kept: dict[tuple, UnetBuffers] = {}
+        self._kept: dict[tuple, UnetBuffers] | None = {} if cuda_graphs else None
 
     def buffer(self, shape: tuple[int, ...]) -> ort.OrtValue:
         return ort.OrtValue.ortvalue_from_shape_and_type(list(shape), np.float32, self._device, self._device_id)
@@ -40,12 +40,7 @@ class OrtDeviceLoop:
         return value.numpy().copy()  # (on the CPU, numpy() may view a buffer the loop reuses)
 
     def unet_buffers(self, sample_shape: tuple[int, ...], text_shape: tuple[int, ...]) -> UnetBuffers:
-        if not self._cuda_graphs:
-            return UnetBuffers(self, sample_shape, text_shape)
-        key = (sample_shape, text_shape)
-        if key not in self._kept:
-            self._kept[key] = UnetBuffers(self, sample_shape, text_shape, len(self._kept))
-        return self._kept[key]
+        return unet_buffers_for(self, self._kept, sample_shape, text_shape)
 
     def unet_call(self, buffers: UnetBuffers) -> Callable[[], None]:
         binding = self._unet.io_binding()

@@ -28,7 +28,7 @@ import tensorrt as trt
 from ...kernels.step_graph import STEP_GRAPH, step_shape_profile
 from ..artifact import Component
 from ..cache import content_key, default_engine_cache, engine_folder, engine_key
-from ..device_loop import NoiseSource, UnetBuffers, run_on_device
+from ..device_loop import NoiseSource, UnetBuffers, run_on_device, unet_buffers_for
 from ..errors import BackendUnavailableError, RequestError
 from ..samplers import SamplerPlan
 from . import SessionOptions, cast_feeds
@@ -191,9 +191,10 @@ class TrtDeviceLoop:
 
     def __init__(self, session: TensorRtSession, step_engine):
         self._session, self._cuda, self._stream = session, session._cuda, session._stream
-        self._step_engine = step_engine
+        self._step_engine = step_engine  # (its context needs it alive)
         self._step = step_engine.create_execution_context()
-        self._kept: dict[tuple, tuple[UnetBuffers, object]] = {}
+        self._kept: dict[tuple, UnetBuffers] | None = {} if session._cuda_graph else None
+        self._graphs: dict[int, object] = {}  # graph id -> the instantiated CUDA graph
 
     def buffer(self, shape: tuple[int, ...]) -> _DeviceTensor:
         return _DeviceTensor(self._cuda, shape)
@@ -217,12 +218,7 @@ class TrtDeviceLoop:
         return array
 
     def unet_buffers(self, sample_shape: tuple[int, ...], text_shape: tuple[int, ...]) -> UnetBuffers:
-        if not self._session._cuda_graph:
-            return UnetBuffers(self, sample_shape, text_shape)
-        key = (sample_shape, text_shape)
-        if key not in self._kept:
-            self._kept[key] = (UnetBuffers(self, sample_shape, text_shape, len(self._kept)), None)
-        return self._kept[key][0]
+        return unet_buffers_for(self, self._kept, sample_shape, text_shape)
 
     def unet_call(self, buffers: UnetBuffers):
         session, cuda, stream = self._session, self._cuda, self._stream
@@ -238,15 +234,14 @@ class TrtDeviceLoop:
                 raise RuntimeError("TensorRT failed to run the UNet engine.")
         if buffers.graph_id < 0:
             return run
-        key = next(k for k, (kept, _) in self._kept.items() if kept is buffers)
-        graph = self._kept[key][1]
+        graph = self._graphs.get(buffers.graph_id)
         if graph is None:  # TensorRT's recipe: one enqueue for its shape-dependent setup, then capture
             run()
             _check(cuda.cudaStreamSynchronize(stream))
             _check(cuda.cudaStreamBeginCapture(stream, cuda.cudaStreamCaptureMode.cudaStreamCaptureModeGlobal))
             run()
             graph = _check(cuda.cudaGraphInstantiate(_check(cuda.cudaStreamEndCapture(stream)), 0))
-            self._kept[key] = (buffers, graph)
+            self._graphs[buffers.graph_id] = graph
         return lambda: _check(cuda.cudaGraphLaunch(graph, stream))
 
     def step_call(self):
