@@ -151,6 +151,7 @@ def run(args, argv: list[str], console=None) -> int:
               "model": model_name, "settings": settings.__dict__, "machine": machine_info(),
               "versions": package_versions(), "commit": git_commit(), "engines": [e.name for e in engines],
               "peer_versions": {r.engine.name: r.versions for r in results if r.versions},
+              "networks": {r.engine.name: r.networks for r in results if r.networks},
               "missing": missing, "reference": reference}
     report.write_jsonl(partial / "results.jsonl", header, results, agreement, ratio_rows)
     plots = report.plot(results, partial)

@@ -109,6 +109,7 @@ class EngineResult:
     samples: dict[str, list[float]] = field(default_factory=dict)
     image: Path | None = None
     versions: dict[str, str] = field(default_factory=dict)  # a peer's own environment
+    networks: dict[str, str] = field(default_factory=dict)  # sdrt: the precision each network ran in
 
     def add(self, metric: str, value: float) -> None:
         self.samples.setdefault(metric, []).append(float(value))
@@ -161,6 +162,7 @@ def _run_group(group: list[EngineResult], settings: Settings, out: Path, report:
             loaded = worker.call("load")
             result.add("load_s", loaded["load_s"])
             result.versions = loaded.get("versions", {})
+            result.networks = loaded.get("networks", {})
             for part, size in loaded.get("sizes", {}).items():  # bytes on disk: "total" and per component
                 result.add("size_bytes" if part == "total" else f"size_{part}_bytes", size)
             first_run_peaks[id(result)] = [loaded["peak_rss_bytes"]]

@@ -138,6 +138,9 @@ def markdown(header: dict, results: list[EngineResult], agreement: dict[str, flo
              + (f"; sdrt commit {header['commit']}" if header.get("commit") else "") + "."
              + "".join(f" {name}: " + ", ".join(f"{k} {v}" for k, v in versions.items()) + "."
                        for name, versions in header.get("peer_versions", {}).items()),
+             *([("Networks (the form each ran in): " + "; ".join(
+                 f"{name}: " + ", ".join(f"{network} {form}" for network, form in forms.items())
+                 for name, forms in header["networks"].items()) + ".")] if header.get("networks") else []),
              f"Settings: prompt \"{settings['prompt']}\", sampler {settings['sampler']}, guidance "
              f"{settings['guidance']}, seed {settings['seed']} (the same initial latents for every engine); "
              f"{settings['warmup']} warm-up image(s), then {settings['repeats']} measured; "

@@ -40,7 +40,7 @@ class SdrtEngine:
         self.pipeline = load(self.spec["artifact"], self.spec["backend"], precision=self.spec["precision"],
                              num_threads=self.spec.get("threads"), verify_checksums=False)
         return {"load_s": time.perf_counter() - started, "peak_rss_bytes": self.memory.take(),
-                "sizes": self._sizes()}
+                "sizes": self._sizes(), "networks": dict(self.pipeline.precisions)}
 
     def _sizes(self) -> dict:
         return engine_sizes(self.pipeline.artifact, self.pipeline.precisions)

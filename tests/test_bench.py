@@ -245,6 +245,8 @@ def test_bench_on_the_demo_model_against_diffusers(tmp_path, capsys):
     assert agreement["sdrt/onnxruntime/fp32"] < 1.0  # fp32 target: under 1/255 on average
     assert any(x["type"] == "ratio" and x["metric"] == "image_s" for x in lines)
     assert run["peer_versions"]["diffusers/fp32"]["diffusers"]  # the peer environment's own versions
+    assert run["networks"]["sdrt/onnxruntime/fp32"]["unet"] == "fp32"  # what each network ran in
+    assert "Networks (the form each ran in): sdrt/onnxruntime/fp32: " in (out / "report.md").read_text()
     assert json.loads(json.dumps(run["settings"]))["steps"] == 3
     assert (out / "report.md").is_file() and (out / "latency.png").is_file()
     assert not (tmp_path / "run.partial").exists()
