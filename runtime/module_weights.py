@@ -16,7 +16,9 @@ from .errors import RequestError
 from .onnx_proto import initializers, read_initializers
 
 WRAPPER = "model."
-FLOAT_PRECISIONS = ("fp32", "fp16", "fp32-fused", "fp16-cuda")  # ONNX files whose weights are stored as floats
+# ONNX files whose weights are stored as floats under the exporter's names (fp16-cuda's
+# NHWC convolutions hold transposed copies: not here)
+FLOAT_PRECISIONS = ("fp32", "fp16", "fp32-fused")
 
 
 class ModuleWeights:
@@ -24,11 +26,12 @@ class ModuleWeights:
 
     def __init__(self, component: Component):
         self.component = component
-        onnx = component.entry.get("format", "onnx") == "onnx" and component.path.suffix == ".onnx"
+        onnx = component.entry.get("format", "onnx") != "openvino" and component.path.suffix == ".onnx"
         if component.precision not in FLOAT_PRECISIONS or not onnx:
             raise RequestError(
-                f"The {component.precision} {component.spec.name} stores quantized weights; sdrt replaces weights at "
-                f"run time (LoRA, textual inversion) in its {' and '.join(FLOAT_PRECISIONS)} networks: load this "
+                f"The {component.precision} {component.spec.name} stores its weights quantized or rearranged for a "
+                f"device; sdrt replaces weights at "
+                f"run time (LoRA, textual inversion) in its {', '.join(FLOAT_PRECISIONS)} networks: load this "
                 f"network in one (precision={{'{component.spec.name}': 'fp32'}}), or merge a LoRA at export "
                 "(`sdrt export --lora`) and make the variant from that artifact.")
         self.path: Path = component.path

@@ -2,6 +2,7 @@
 fuse_lora on the same tiny model, for a LoRA file in the diffusers/PEFT layout and the same
 weights in kohya's layout."""
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -256,3 +257,19 @@ def test_run_time_weights_in_external_data(tiny_checkpoint, tiny_artifact, lora_
         pipe.load_lora(lora_files["kohya"], 0.8)
         images.append(sdrt_image(pipe, latents, "a photo of <toy>"))
     np.testing.assert_allclose(images[1], images[0], atol=1e-5)
+
+
+def test_run_time_lora_on_onnx_runtimes_fused_unet(tiny_artifact, tiny_checkpoint, lora_files, tmp_path):
+    """fp32 on onnxruntime runs a stored fp32-fused UNet (attention fused, projections kept by
+    name): a LoRA lands on it as on the exported one, diffusers' fuse_lora the oracle."""
+    from sdrt.export.variants import make_variants
+
+    folder = shutil.copytree(tiny_artifact, tmp_path / "artifact")
+    make_variants(folder, "fp32-fused", prompts=("a cat",), seeds=(0,), steps=1)
+    pipe = sdrt.load(folder, backend="onnxruntime")
+    assert pipe.precisions["unet"] == "fp32-fused"
+    latents = gaussian_noise(8, (1, 4, 32, 32))
+    summary = pipe.load_lora(lora_files["kohya"], 0.8)
+    assert summary["unmatched"] == 0
+    theirs = diffusers_image(tiny_checkpoint, latents, lora_files["kohya"], 0.8)
+    assert np.abs(sdrt_image(pipe, latents) - theirs).mean() <= 1 / 255
