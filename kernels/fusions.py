@@ -13,7 +13,8 @@ attention pattern only; this is the torch dynamo exporter's:
     v: MatMul -> Reshape [B, -1, H, D] -> Transpose (0,2,1,3)
     MatMul(q, k) -> Softmax(-1) -> MatMul(., v) -> Transpose (0,2,1,3) -> Reshape [B, -1, H*D]
 
-The nodes the match replaces are removed with whatever only they fed (the shape arithmetic).
+Each match's output Reshape becomes the fused node; the pattern's other nodes, and the shape
+arithmetic that fed them, go when nothing else reads them.
 """
 from __future__ import annotations
 
@@ -74,19 +75,19 @@ def _transpose(g: _Graph, name: str, perm: list[int]):
     return node if node is not None and list(_attribute(node, "perm", [])) == perm else None
 
 
-def _scaled(g: _Graph, name: str) -> tuple[str, float, list]:
-    """(input, scale, [Mul node]) when `name` is a Mul by a scalar constant, else (name, 1, [])."""
+def _scaled(g: _Graph, name: str) -> tuple[str, float]:
+    """(input, scale) when `name` is a Mul by a scalar constant, else (name, 1)."""
     node = g.node(name, "Mul")
     if node is not None:
         for data, factor in ((node.input[0], node.input[1]), (node.input[1], node.input[0])):
             scale = g.scalar(factor)
             if scale is not None:
-                return data, scale, [node]
-    return name, 1.0, []
+                return data, scale
+    return name, 1.0
 
 
-def _heads_split(g: _Graph, name: str) -> tuple[str, int, int, list] | None:
-    """(projection, heads, head size, [Reshape]) when `name` is a Reshape to [B, -1, H, D]."""
+def _heads_split(g: _Graph, name: str) -> tuple[str, int, int] | None:
+    """(projection, heads, head size) when `name` is a Reshape to [B, -1, H, D]."""
     node = g.node(name, "Reshape")
     if node is None:
         return None
@@ -101,39 +102,36 @@ def _heads_split(g: _Graph, name: str) -> tuple[str, int, int, list] | None:
         shape = [0] + [part[0] for part in parts]
     if len(shape) != 4 or shape[1] != -1 or shape[2] <= 0 or shape[3] <= 0:
         return None
-    return node.input[0], shape[2], shape[3], [node]
+    return node.input[0], shape[2], shape[3]
 
 
 def _query(g: _Graph, name: str):
-    data, scale, nodes = _scaled(g, name)
+    data, scale = _scaled(g, name)
     transpose = _transpose(g, data, [0, 2, 1, 3])
     split = transpose and _heads_split(g, transpose.input[0])
-    return split and (split[0], split[1], split[2], scale, nodes + [transpose] + split[3])
+    return split and (*split, scale)
 
 
 def _key(g: _Graph, name: str):
     """K^T as [B, H, D, L]: a direct Transpose (0,2,3,1), or the dynamo exporter's
     (0,2,1,3) -> Reshape [B*H, L, D] -> Transpose (0,2,1) -> Reshape [B, H, D, L]."""
-    data, scale, nodes = _scaled(g, name)
-    direct = _transpose(g, data, [0, 2, 3, 1])
-    if direct is not None:
-        chain = [direct]
-    else:
+    data, scale = _scaled(g, name)
+    heads = _transpose(g, data, [0, 2, 3, 1])
+    if heads is None:
         outer = g.node(data, "Reshape")
         swap = outer and _transpose(g, outer.input[0], [0, 2, 1])
         inner = swap and g.node(swap.input[0], "Reshape")
         heads = inner and _transpose(g, inner.input[0], [0, 2, 1, 3])
         if not heads:
             return None
-        chain = [outer, swap, inner, heads]
-    split = _heads_split(g, chain[-1].input[0])
-    return split and (split[0], split[1], split[2], scale, nodes + chain + split[3])
+    split = _heads_split(g, heads.input[0])
+    return split and (*split, scale)
 
 
 def _value(g: _Graph, name: str):
     transpose = _transpose(g, name, [0, 2, 1, 3])
     split = transpose and _heads_split(g, transpose.input[0])
-    return split and (split[0], split[1], split[2], 1.0, [transpose] + split[3])
+    return split and (*split, 1.0)
 
 
 def _only_consumer(g: _Graph, name: str, op_type: str):
@@ -145,7 +143,7 @@ def fuse_attention(model: onnx.ModelProto) -> int:
     """Replace, in place, every attention of the pattern above by MultiHeadAttention; return
     how many were fused. Graphs without the pattern are left as they are."""
     g = _Graph(model.graph)
-    fused, removed = [], set()
+    fused, replaced = [], {}
     for softmax in [node for node in model.graph.node if node.op_type == "Softmax"]:
         if _attribute(softmax, "axis", -1) not in (-1, 3):
             continue
@@ -169,18 +167,12 @@ def fuse_attention(model: onnx.ModelProto) -> int:
             "MultiHeadAttention", [query[0], key[0], value[0]], [output.output[0]],
             name=f"{softmax.name}/MultiHeadAttention", domain=MICROSOFT, num_heads=heads,
             scale=query[3] * key[3]))
-        removed.update(id(node) for node in (*query[4], *key[4], *value[4], scores, softmax, weighted, merge, output))
+        replaced[id(output)] = fused[-1]
     if not fused:
         return 0
-    # the fused node takes the place of its output Reshape, where all three inputs exist
-    places = {node.output[0]: node for node in fused}
-    nodes = []
-    for node in model.graph.node:
-        if id(node) in removed:
-            if node.op_type == "Reshape" and node.output[0] in places:
-                nodes.append(places[node.output[0]])
-        else:
-            nodes.append(node)
+    # The fused node takes the place of its output Reshape (where all three inputs exist); the
+    # rest of each pattern goes only if nothing else reads it.
+    nodes = [replaced.get(id(node), node) for node in model.graph.node]
     _replace_nodes(model.graph, _live(model.graph, nodes))
     if not any(opset.domain == MICROSOFT for opset in model.opset_import):
         model.opset_import.append(helper.make_opsetid(MICROSOFT, 1))

@@ -72,3 +72,24 @@ def test_attention_whose_head_split_differs_between_q_and_k_is_not_fused():
     node.input[1] = "other_split"
     assert fuse_attention(model) == softmaxes - 1
     assert _ops(model)["Softmax"] == 1
+
+
+def test_what_the_pattern_shares_with_the_rest_of_the_graph_stays():
+    """A tensor inside an attention that something else also reads (here the first query's
+    head split, made a graph output) keeps the nodes that compute it; the model still runs."""
+    model = onnx.load(str(DEMO / "unet" / "model.onnx"))
+    producer = {out: node for node in model.graph.node for out in node.output}
+    softmax = next(node for node in model.graph.node if node.op_type == "Softmax")
+    scaled = producer[producer[softmax.input[0]].input[0]]  # Mul(Transpose(Reshape(q)), scale)
+    heads = next(name for name in scaled.input if name in producer and producer[name].op_type == "Transpose")
+    model.graph.output.append(onnx.helper.make_tensor_value_info(heads, onnx.TensorProto.FLOAT, ["b", "h", "s", "d"]))
+    softmaxes = _ops(model)["Softmax"]
+    assert fuse_attention(model) == softmaxes
+    onnx.checker.check_model(model)
+    assert heads in {out for node in model.graph.node for out in node.output}
+    width = model.graph.input[2].type.tensor_type.shape.dim[2].dim_value
+    rng = np.random.default_rng(0)
+    feeds = {"sample": rng.standard_normal((1, 4, 8, 8)).astype(np.float32), "timestep": np.array([3.0], np.float32),
+             "encoder_hidden_states": rng.standard_normal((1, 77, width)).astype(np.float32)}
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    assert session.run(None, feeds)[1].shape[1] > 0
