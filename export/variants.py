@@ -84,8 +84,12 @@ def _fp16(source: Path, folder: Path, calibration: Calibration | None = None) ->
     import onnx
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
+    # The converter needs every tensor's type: shapes are inferred on the graph without its
+    # external weights, since protobuf cannot serialize a model past 2 GiB (the SD 1.5 UNet) whole.
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(source), load_external_data=False))
+    onnx.load_external_data_for_model(model, str(source.parent))
     # keep_io_types: inputs and outputs stay float32, so the manifest's I/O holds for every variant.
-    model = convert_float_to_float16(onnx.load(str(source)), keep_io_types=True)
+    model = convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=True)
     _save(model, folder)
     return {"tool": "onnxruntime.transformers.float16.convert_float_to_float16",
             "version": metadata.version("onnxruntime"),
@@ -447,42 +451,54 @@ def measure(artifact: Artifact, precision: str, names: list[str], backend: str, 
 
     report(f"measuring against fp32 on {backend}")
     exported = {name: "fp32" for name, entry in artifact.manifest["components"].items() if entry["role"] in ROLES}
-    reference = StableDiffusionPipeline(artifact, backend, SessionOptions(device=device), exported)
-    variant = StableDiffusionPipeline(artifact, backend, SessionOptions(device=device), precision)
-    height, width = reference.default_size
     settings = dict(num_inference_steps=steps, guidance_scale=7.5, output_type="np")
-    recorders = {role: _Recorder(session) for role, session in reference.sessions.items()}
-    reference.sessions.update(recorders)
-    psnrs, ssims, seconds = [], [], {"fp32": 0.0, precision: 0.0}
-    for prompt in prompts:
-        for seed in seeds:
-            images = {}
-            for label, pipe in (("fp32", reference), (precision, variant)):
-                started = time.perf_counter()
-                images[label] = (pipe(prompt, seed=seed, **settings).images[0] * 255).round().astype(np.uint8)
-                seconds[label] += time.perf_counter() - started
-            psnrs.append(psnr(images["fp32"], images[precision]))
-            ssims.append(ssim(images["fp32"], images[precision]))
-    reference.sessions.update({role: recorder.session for role, recorder in recorders.items()})  # stop recording
-    pipeline_report = {
-        "precisions": variant.precisions, "reference": "fp32", "backend": backend, "device": device,
-        "prompts": list(prompts), "seeds": list(seeds), "steps": steps, "guidance_scale": 7.5,
-        "sampler": reference.default_sampler, "size": [height, width], "images": len(psnrs),
-        "psnr_db_mean": _finite(np.mean(psnrs)), "psnr_db_min": _finite(min(psnrs)),
-        "ssim_mean": float(np.mean(ssims)), "ssim_min": float(min(ssims)),
-        "seconds_per_image": {k: v / len(psnrs) for k, v in seconds.items()},
-    }
+    requests = [(prompt, seed) for prompt in prompts for seed in seeds]
+    subset = []
     if fidelity_prompts > 0:
         from ..models.demo.evaluation import evaluate, load_evaluation_prompts
 
-        report(f"scoring prompt fidelity on {fidelity_prompts} prompts")
         subset = load_evaluation_prompts()[:fidelity_prompts]
-        pipeline_report["fidelity"] = {"prompts": fidelity_prompts, "seeds": [1], **{
-            label: evaluate(pipe, subset, seeds=(1,))["overall"] for label, pipe in (("fp32", reference),
-                                                                                     (precision, variant))}}
+    images, seconds, fidelity = {}, {}, {}
+
+    def run(label, pipe):
+        started = time.perf_counter()
+        images[label] = [(pipe(prompt, seed=seed, **settings).images[0] * 255).round().astype(np.uint8)
+                         for prompt, seed in requests]
+        seconds[label] = (time.perf_counter() - started) / len(requests)
+
+    def score(label, pipe):
+        if subset:
+            report(f"scoring prompt fidelity of {label} on {fidelity_prompts} prompts")
+            fidelity[label] = evaluate(pipe, subset, seeds=(1,))["overall"]
+
+    # One pipeline at a time: at SD 1.5 sizes two of them would not fit beside each other in
+    # 24 GiB. The fp32 one records its networks' calls, which the variant's networks rerun.
+    reference = StableDiffusionPipeline(artifact, backend, SessionOptions(device=device), exported)
+    height, width = reference.default_size
+    sampler = reference.default_sampler
+    recorders = {role: _Recorder(session) for role, session in reference.sessions.items()}
+    reference.sessions.update(recorders)
+    run("fp32", reference)
+    reference.sessions.update({role: recorder.session for role, recorder in recorders.items()})  # stop recording
+    score("fp32", reference)
     for recorder in recorders.values():
         recorder.session = None  # the recorded calls are all the comparison needs
     del reference
+    variant = StableDiffusionPipeline(artifact, backend, SessionOptions(device=device), precision)
+    run(precision, variant)
+    score(precision, variant)
+    psnrs = [psnr(a, b) for a, b in zip(images["fp32"], images[precision])]
+    ssims = [ssim(a, b) for a, b in zip(images["fp32"], images[precision])]
+    pipeline_report = {
+        "precisions": variant.precisions, "reference": "fp32", "backend": backend, "device": device,
+        "prompts": list(prompts), "seeds": list(seeds), "steps": steps, "guidance_scale": 7.5,
+        "sampler": sampler, "size": [height, width], "images": len(psnrs),
+        "psnr_db_mean": _finite(np.mean(psnrs)), "psnr_db_min": _finite(min(psnrs)),
+        "ssim_mean": float(np.mean(ssims)), "ssim_min": float(min(ssims)),
+        "seconds_per_image": seconds,
+    }
+    if subset:
+        pipeline_report["fidelity"] = {"prompts": fidelity_prompts, "seeds": [1], **fidelity}
     component_reports = {}
     for name in names:
         role = artifact.manifest["components"][name]["role"]

@@ -170,6 +170,35 @@ def test_a_failed_quantize_leaves_the_artifact_as_it_was(tiny_artifact, tmp_path
     assert main(["quantize", str(folder), "--precision", "fp16", "--components", "vae"]) == 2
 
 
+def test_the_report_holds_one_pipeline_at_a_time(tiny_artifact, tmp_path, monkeypatch):
+    """Two SD 1.5 pipelines do not fit beside each other in 24 GiB: the fp32 images are made,
+    and that pipeline released, before the variant's pipeline opens; each network's output
+    difference is still measured on every call the fp32 images made."""
+    import gc
+    import weakref
+
+    from sdrt.export import variants
+    from sdrt.runtime import pipeline
+
+    opened, alive_at_open = [], []
+
+    class Counted(pipeline.StableDiffusionPipeline):
+        def __init__(self, *args, **kwargs):
+            gc.collect()
+            alive_at_open.append(sum(ref() is not None for ref in opened))
+            super().__init__(*args, **kwargs)
+            opened.append(weakref.ref(self))
+
+    monkeypatch.setattr(pipeline, "StableDiffusionPipeline", Counted)
+    folder = shutil.copytree(tiny_artifact, tmp_path / "artifact")
+    variants.make_variants(folder, "fp16", ["unet"], steps=2)
+    assert alive_at_open == [0, 0]
+    unet = open_artifact(folder).manifest["components"]["unet"]["variants"]["fp16"]["quality"]
+    # 4 images x 3 calls (pndm's 2 steps: one call more at the start)
+    assert unet["inputs"] == "the 12 denoiser calls of the report's fp32 images"
+    assert 0 < unet["output_mean_abs_diff"] <= unet["output_max_abs_diff"] < 0.1
+
+
 @pytest.mark.parametrize("precision,components,bound", [
     ("fp16", ["text_encoder", "unet", "vae_decoder"], 0.01),  # issue 6: fp16 within 0.01 of fp32
     ("bf16", None, 0.01),  # issue 6: fp16 and bf16 within 0.01
@@ -402,3 +431,46 @@ def test_fp32_fused_is_onnx_runtimes_form_of_fp32_with_the_same_images(tiny_arti
         assert sdrt.load(folder, backend="openvino").precisions["unet"] == "fp32"
         with pytest.raises(RequestError, match="choose precision='fp32' for openvino"):
             sdrt.load(folder, backend="openvino", precision={"unet": "fp32-fused"})
+
+
+@pytest.mark.full_size
+def test_fp16_converts_a_network_past_protobufs_2_gib(tmp_path):
+    """The SD 1.5 UNet's weights (3.3 GiB) are more than protobuf can serialize whole, which ONNX's
+    shape inference does: a network of 2.03 GiB of external weights converts, each weight the
+    float16 of its fp32 value, the graph's input and output still float32."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from sdrt.export.variants import _fp16
+
+    rows, cols = 16384, 16640  # 1.02 GiB each
+    source = tmp_path / "net" / "model.onnx"
+    source.parent.mkdir()
+    weights = []
+    for index in range(2):
+        name = f"w{index}"
+        shape = (rows, cols) if index == 0 else (cols, rows)
+        value = np.full(shape, 0.5 + index, np.float32)
+        value[0, :8] = np.arange(8, dtype=np.float32) / 3
+        value.tofile(source.parent / f"{name}.bin")
+        del value
+        tensor = TensorProto(name=name, data_type=TensorProto.FLOAT, dims=shape)
+        tensor.data_location = TensorProto.EXTERNAL
+        tensor.external_data.add(key="location", value=f"{name}.bin")
+        weights.append(tensor)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w0"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
+         helper.make_node("MatMul", ["r", "w1"], ["y"])], "big",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", rows])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", rows])], initializer=weights)
+    onnx.save_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(source))
+
+    _fp16(source, tmp_path / "fp16")
+    converted = onnx.load(str(tmp_path / "fp16" / "model.onnx"))
+    stored = {tensor.name: onnx.numpy_helper.to_array(tensor) for tensor in converted.graph.initializer}
+    assert {name: value.dtype for name, value in stored.items()} == {"w0": np.float16, "w1": np.float16}
+    assert stored["w0"].shape == (rows, cols) and stored["w1"].shape == (cols, rows)
+    np.testing.assert_array_equal(stored["w0"][0, :8], (np.arange(8, dtype=np.float32) / 3).astype(np.float16))
+    assert np.all(stored["w1"][1:] == np.float16(1.5))
+    assert [value.type.tensor_type.elem_type for value in (*converted.graph.input, *converted.graph.output)] == [
+        TensorProto.FLOAT, TensorProto.FLOAT]
