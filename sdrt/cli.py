@@ -205,6 +205,9 @@ def _engine_arguments(parser: argparse.ArgumentParser) -> None:
     cache.add_argument("--no-engine-cache", action="store_true", help="compile on every load and keep nothing")
     parser.add_argument("--cuda-graph", action="store_true",
                         help="onnxruntime on cuda: capture the denoising loop's UNet calls as CUDA graphs")
+    parser.add_argument("--dynamic-shapes", action="store_true",
+                        help="openvino: compile each network once, at load, for every shape, instead of for the "
+                             "request's shapes at its first call (slower networks; no compile when sizes change)")
 
 
 def _precision_argument(text: str):
@@ -228,7 +231,8 @@ def _load(args):
             raise CommandError(str(error)) from None
     engine_cache = False if args.no_engine_cache else args.engine_cache
     return sdrt.load(artifact, backend=args.backend, device=args.device, precision=args.precision,
-                     num_threads=args.threads, engine_cache=engine_cache, cuda_graph=args.cuda_graph)
+                     num_threads=args.threads, engine_cache=engine_cache, cuda_graph=args.cuda_graph,
+                     static_shapes=not args.dynamic_shapes)
 
 
 def main(argv: list[str] | None = None) -> int:

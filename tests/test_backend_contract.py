@@ -72,14 +72,19 @@ def test_unknown_device_is_refused_with_the_devices_it_runs_on(artifact, backend
         module.open_session(artifact.component("vae_decoder"), SessionOptions(device="quantum"))
 
 
-def test_openvino_fp32_is_not_bf16(artifact):
+@pytest.mark.parametrize("static_shapes", [True, False])
+def test_openvino_fp32_is_not_bf16(artifact, static_shapes):
     """OpenVINO on bf16-capable CPUs runs bf16 unless told f32; fp32 must match PyTorch closely."""
     pytest.importorskip("openvino")
-    session = backend_module("openvino").open_session(artifact.component("unet"), SessionOptions())
-    hint = session._compiled.get_property("INFERENCE_PRECISION_HINT")
-    assert "float32" in str(hint).lower()
-    bf16 = backend_module("openvino").open_session(artifact.component("unet"), SessionOptions(precision="bf16"))
-    assert "bfloat16" in str(bf16._compiled.get_property("INFERENCE_PRECISION_HINT")).lower()
+    unet = artifact.component("unet")
+    feeds = random_feeds(unet.spec, {"batch": 1, "sequence": 77, "latent_height": 8, "latent_width": 8})
+    hints = []
+    for precision in ("fp32", "bf16"):
+        session = backend_module("openvino").open_session(unet, SessionOptions(precision=precision,
+                                                                               static_shapes=static_shapes))
+        session.run(feeds)
+        hints.append(str(session._compiled.get_property("INFERENCE_PRECISION_HINT")).lower())
+    assert "float32" in hints[0] and "bfloat16" in hints[1]
 
 
 def test_onnxruntime_refuses_bf16(artifact):

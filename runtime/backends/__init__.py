@@ -42,6 +42,9 @@ class SessionOptions:
     # capture the device loop's UNet calls as CUDA graphs, one per request shape, replayed on
     # every later step and request of that shape (backends with CUDA_GRAPHS: onnxruntime on cuda)
     cuda_graph: bool = False
+    # compile each network for the input shapes of the request, again when they change
+    # (openvino); False: one compile that takes every shape
+    static_shapes: bool = True
     # axis -> (min, opt, max) sizes for engines built for a range of shapes (TensorRT)
     profile: dict[str, tuple[int, int, int]] | None = field(default=None, compare=False)
     # weights replaced in the loaded model, by initializer name (run-time LoRA, textual

@@ -5,6 +5,8 @@ precision hint is always set explicitly: fp32 means INFERENCE_PRECISION_HINT=f32
 """
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import openvino as ov
 
@@ -45,45 +47,78 @@ class OpenVinoSession:
                 config["CACHE_DIR"] = str(folder)
             except OSError:
                 pass  # a folder the user named was checked at load; the default one may be unwritable
-        # Compiling from the path (not a read model) lets a cached engine skip reading the ONNX.
-        if not options.weights:
-            self._compiled = core.compile_model(str(component.path), device, config)
-        else:
-            self._compiled = core.compile_model(_with_weights(core, component, options.weights), device, config)
-        self._request = self._compiled.create_infer_request()
-        self.input_names = [p.any_name for p in self._compiled.inputs]
+        self._core, self._device, self._config = core, device, config
+        self._component, self._weights = component, options.weights
+        self._static = options.static_shapes
+        self.input_names = [t.name for t in component.spec.inputs]
         # By the manifest's names: a port may carry several (an fp16 variant's outputs also bear
         # the names of the casts that return them to float32), and any_name may pick another.
         self.output_names = [t.name for t in component.spec.outputs]
         self._dtypes = {t.name: t.dtype for t in component.spec.inputs}
-        # OpenVINO maps large weight files (the UNet's external data) and repacks the weights on
-        # the first inference, after which the mapped copy stays resident though hardly read:
-        # 3.2 GiB of 6.75 GiB for the SD 1.5 UNet in fp32. The first inference runs now, on the
-        # smallest inputs the network takes (small activations beside both copies), and after
-        # it, and after the first call at each new input shape (a few kernels repack per shape),
-        # the mapped pages are dropped from the process (runtime/backends/mapped.py). Not for
-        # an engine imported from the cache (its weights are in the blob, not these files):
-        # dropping the pages of a mapped blob changed the results, measured at SD 1.5 sizes.
-        # The mappings are looked up again at each release: never advise on an address range
-        # that no longer maps these files.
-        files = set(component.files)
-        # Checked safe for ONNX weight files only (an OpenVINO model's .bin may be used in place).
-        onnx = component.path.suffix == ".onnx"
-        self._mapped_files = files if device == "CPU" and onnx and mapped.mapped_ranges(files) else set()
+        self._compiled = self._request = None
+        self._shapes: tuple | None = None  # the input shapes of the compiled network (static shapes)
         self._shapes_seen: set[tuple] = set()
-        if self._mapped_files:
-            with mapped.releasing(self._mapped_files):  # also while it repacks: a lower peak
-                self.run(_smallest_feeds(component.spec))
+        self._mapped_files: set = set()
+        if not self._static:
+            self._compile(None)
+            if self._mapped_files:
+                self.run(_smallest_feeds(component.spec))  # repacks now, at load, on small activations
+
+    def _compile(self, shapes: dict[str, tuple[int, ...]] | None) -> None:
+        """Compile the network for these input shapes, or for every shape (None).
+
+        Static shapes let OpenVINO's CPU plugin pick kernels and memory for one size: the SD 1.5
+        UNet at 512x512 ran 1.2x faster in bf16 and 1.1x in fp32 than compiled for every shape
+        (benchmarks/README.md). A session holds one compiled network: the old one goes first.
+        """
+        self._compiled = self._request = None
+        if self._weights:
+            model = _with_weights(self._core, self._component, self._weights)
+        elif shapes is not None:
+            model = self._core.read_model(str(self._component.path))
+        else:
+            # Compiling from the path (not a read model) lets a cached engine skip reading the ONNX.
+            model = str(self._component.path)
+        if shapes is not None:
+            model.reshape({name: list(shape) for name, shape in shapes.items()})
+        # OpenVINO maps large weight files (the UNet's external data) and repacks the weights at
+        # compile (static shapes) or on the first inference, after which the mapped copy stays
+        # resident though hardly read: 3.2 GiB of 6.75 GiB for the SD 1.5 UNet in fp32. The
+        # compile and the first inference at each input shape (a few kernels repack per shape)
+        # run while the mapped pages are dropped from the process, and once more after
+        # (runtime/backends/mapped.py): a static compile of that UNet peaked at 5.5 GiB without.
+        # Not for an engine imported from the cache (its weights are in the blob, not these
+        # files; the read model that mapped them is gone): dropping the pages of a mapped blob
+        # changed the results, measured at SD 1.5 sizes. The mappings are looked up again at each
+        # release: never advise on an address range that no longer maps these files. Checked safe
+        # for ONNX weight files only (an OpenVINO model's .bin may be used in place).
+        files = set(self._component.files)
+        onnx = self._device == "CPU" and self._component.path.suffix == ".onnx"
+        with mapped.releasing(files) if onnx else contextlib.nullcontext():
+            self._compiled = self._core.compile_model(model, self._device, self._config)
+            del model
+        self._request = self._compiled.create_infer_request()
+        self._shapes = None if shapes is None else tuple(shapes.items())
+        self._shapes_seen = set()
+        self._mapped_files = files if onnx and mapped.mapped_ranges(files) else set()
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        feeds = cast_feeds(feeds, self._dtypes)
+        shapes = tuple((name, feeds[name].shape) for name in self.input_names if name in feeds)
+        if self._static and shapes != self._shapes:
+            self._compile(dict(shapes))
+        if self._mapped_files and shapes not in self._shapes_seen:
+            self._shapes_seen.add(shapes)
+            with mapped.releasing(self._mapped_files):
+                result = self._infer(feeds)
+            mapped.release(mapped.mapped_ranges(self._mapped_files))
+            return result
+        return self._infer(feeds)
+
+    def _infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         # Inputs are read in place (the call is synchronous); outputs come back as fresh arrays
         # (share_outputs=False), so the next call cannot overwrite what the caller holds.
-        result = self._request.infer(cast_feeds(feeds, self._dtypes), share_inputs=True, share_outputs=False)
-        if self._mapped_files:
-            shapes = tuple(np.shape(value) for value in feeds.values())
-            if shapes not in self._shapes_seen:
-                self._shapes_seen.add(shapes)
-                mapped.release(mapped.mapped_ranges(self._mapped_files))
+        result = self._request.infer(feeds, share_inputs=True, share_outputs=False)
         return {name: result[self._compiled.output(name)] for name in self.output_names}
 
 
