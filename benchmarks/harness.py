@@ -43,8 +43,9 @@ METRICS = {
 # What each figure measures, for the report's legend.
 DEFINITIONS = (
     "load + compile: opening the model and compiling it for the backend, in the worker that measures "
-    "everything else (first load of the run; peers convert the checkpoint beforehand, untimed); sdrt "
-    "includes its first inference on the smallest inputs (weight repacking); new process: the same in a "
+    "everything else (first load of the run; peers convert the checkpoint beforehand, untimed); sdrt on "
+    "openvino compiles each network at its first call, for the request's shapes, so its compile and weight "
+    "repacking fall in the first image; new process: the same in a "
     "fresh process once files and caches are warm. New process to first image: from starting the worker "
     "process to the first image "
     "done (the cold start a user sees). First image: the first image after load (includes any lazy "
