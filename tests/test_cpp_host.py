@@ -27,7 +27,7 @@ PROMPT, NEGATIVE = "a red circle on a blue background", "green"
 
 @pytest.fixture(scope="session")
 def host(tmp_path_factory) -> Path:
-    """The sdrt-host program, built the way the README says."""
+    """The sdrt-host program, built the way runtime/cpp/README.md says."""
     if shutil.which("cmake") is None or shutil.which("c++") is None:
         pytest.skip("building the C++ host needs cmake and a C++17 compiler")
     build = tmp_path_factory.mktemp("host-build")
@@ -101,6 +101,7 @@ def test_guidance_off_and_the_default_scheduler_match(host, artifact_and_pipe, t
     assert np.abs(cpp.astype(np.int16) - python.astype(np.int16)).mean() <= 1.0
 
 
+@pytest.mark.slow
 def test_checker_reads_the_cpp_images_as_the_python_ones(host, tmp_path):
     import sdrt
 

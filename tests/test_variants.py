@@ -51,6 +51,7 @@ def test_psnr_and_ssim_match_scikit_image():
     assert psnr(a, a) == float("inf") and ssim(a, a) == pytest.approx(1.0)
 
 
+@pytest.mark.slow
 def test_variant_entries_hold_fp16_files_how_they_were_made_and_their_report(fp16_artifact):
     import onnx
 
@@ -73,6 +74,7 @@ def test_variant_entries_hold_fp16_files_how_they_were_made_and_their_report(fp1
     assert fp16_bytes < 0.6 * fp32_bytes
 
 
+@pytest.mark.slow
 def test_quality_report_is_what_a_user_measures(fp16_artifact):
     report = open_artifact(fp16_artifact).manifest["quality_reports"]["fp16"]
     assert report["precisions"] == {"text_encoder": "fp16", "unet": "fp16", "vae_decoder": "fp32"}
@@ -93,6 +95,7 @@ def test_quality_report_is_what_a_user_measures(fp16_artifact):
     assert 25 < report["psnr_db_min"] and 0.9 < report["ssim_min"] < 1  # close, and not the fp32 files again
 
 
+@pytest.mark.slow
 def test_load_picks_variants_by_name_or_per_component(fp16_artifact, backends):
     for backend in backends:
         pipe = sdrt.load(fp16_artifact, backend=backend, precision="fp16")
@@ -121,6 +124,7 @@ def write_random_lora(path, seed=0):
     return path
 
 
+@pytest.mark.slow
 def test_run_time_lora_on_fp16_networks(fp16_artifact, backends, tmp_path):
     """fp16 weights replaced at run time (cast from fp32 + update) change the image as they do in
     fp32; on ONNX Runtime's CPU provider the fp16 weights are cast by its constant folding, which
@@ -139,6 +143,7 @@ def test_run_time_lora_on_fp16_networks(fp16_artifact, backends, tmp_path):
         assert np.abs(images["fp16"][1] - images["fp32"][1]).mean() < 0.1 * effect, backend
 
 
+@pytest.mark.slow
 def test_load_refuses_precisions_it_cannot_serve(fp16_artifact, tiny_artifact):
     with pytest.raises(ArtifactError, match="no fp16 variant of any network.*sdrt quantize"):
         sdrt.load(tiny_artifact, backend="onnxruntime", precision="fp16")
@@ -170,6 +175,7 @@ def test_a_failed_quantize_leaves_the_artifact_as_it_was(tiny_artifact, tmp_path
     assert main(["quantize", str(folder), "--precision", "fp16", "--components", "vae"]) == 2
 
 
+@pytest.mark.slow
 def test_the_report_holds_one_pipeline_at_a_time(tiny_artifact, tmp_path, monkeypatch):
     """Two SD 1.5 pipelines do not fit beside each other in 24 GiB: the fp32 images are made,
     and that pipeline released, before the variant's pipeline opens; each network's output
@@ -207,9 +213,10 @@ def test_the_report_holds_one_pipeline_at_a_time(tiny_artifact, tmp_path, monkey
     ("int8-weights", None, 0.03),  # held to int8's bound
     ("int4-weights", None, None),  # reported as measured
 ])
+@pytest.mark.slow
 def test_variants_keep_the_demo_models_prompt_fidelity(precision, components, bound, tmp_path):
     """Prompt fidelity next to fp32's on 12 evaluation prompts, seed 1 (the closing note and
-    README give the 20-prompt figures)."""
+    docs/precisions.md give the 20-prompt figures)."""
     if precision not in ("fp16", "bf16"):
         pytest.importorskip("nncf")
     if precision == "bf16":
@@ -233,6 +240,7 @@ def test_variants_keep_the_demo_models_prompt_fidelity(precision, components, bo
             assert all(0 < n["output_mean_abs_diff"] <= n["output_max_abs_diff"] for n in networks.values())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("precision,networks", [("int8-weights", ["text_encoder", "unet", "vae_decoder"]),
                                                 ("int4-weights", ["text_encoder", "unet"])])
 def test_weight_only_variants_are_openvino_models_with_compressed_weights(precision, networks, tiny_artifact,
@@ -265,6 +273,7 @@ def test_weight_only_variants_are_openvino_models_with_compressed_weights(precis
         pipe.load_lora(write_random_lora(tmp_path / "lora.safetensors"))
 
 
+@pytest.mark.slow
 def test_int8_quantizes_the_unets_activations_on_calibration_inputs_and_the_other_weights(tiny_artifact, tmp_path):
     """int8 (NNCF post-training quantization): the UNet's convolutions and weighted matmuls take
     int8 activations, with ranges from the inputs the fp32 pipeline gave it on the calibration
@@ -320,6 +329,7 @@ def test_int8_quantizes_the_unets_activations_on_calibration_inputs_and_the_othe
     assert main(["quantize", str(folder), "--precision", "int8", "--calibration-prompts", str(empty)]) == 2
 
 
+@pytest.mark.slow
 def test_int8_on_onnxruntime_is_a_static_qdq_model_calibrated_on_pipeline_inputs(tiny_artifact, tmp_path):
     """int8-qdq: onnxruntime.quantization's static QDQ UNet (uint8 activations, int8 weights per
     channel) with the calibration set recorded; precision="int8" on onnxruntime picks it, and on
@@ -357,6 +367,7 @@ def test_int8_on_onnxruntime_is_a_static_qdq_model_calibrated_on_pipeline_inputs
         sdrt.load(folder, backend="openvino", precision="int8")
 
 
+@pytest.mark.slow
 def test_fp16_cuda_is_onnx_runtimes_fused_unet_taken_for_fp16_on_its_cuda_provider(fp16_artifact, tmp_path, capsys):
     """fp16-cuda: the UNet with its attention fused (kernels.fusions) and ONNX Runtime's UNet
     fusions and fp16 conversion, inputs and outputs float32; precision="fp16" on onnxruntime's

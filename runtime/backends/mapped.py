@@ -2,7 +2,7 @@
 
 Backends map the weight files read-only and, on the first inference, copy the weights into
 their own kernel layouts; the mapped pages then stay resident, counted in the process's memory,
-without being read again (at SD 1.5 sizes, 3.2 GiB of the UNet's external data). Telling the
+without being read again (at SD 1.5 sizes, the whole of the UNet's external data). Telling the
 kernel we no longer need them (madvise MADV_DONTNEED) unmaps those pages from the process: the
 file stays mapped, and a page touched again is read back from the page cache. That holds for the
 weight files the ONNX frontend maps (tests compare with PyTorch after a release); it did not for

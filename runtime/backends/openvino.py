@@ -67,9 +67,9 @@ class OpenVinoSession:
     def _compile(self, shapes: dict[str, tuple[int, ...]] | None) -> None:
         """Compile the network for these input shapes, or for every shape (None).
 
-        Static shapes let OpenVINO's CPU plugin pick kernels and memory for one size: the SD 1.5
-        UNet at 512x512 ran 1.2x faster in bf16 and 1.1x in fp32 than compiled for every shape
-        (benchmarks/README.md). A session holds one compiled network: the old one goes first.
+        Static shapes let OpenVINO's CPU plugin pick kernels and memory for one size: faster
+        networks than compiled for every shape (benchmarks/README.md, static shapes). A session
+        holds one compiled network: the old one goes first.
         """
         self._compiled = self._request = None
         if self._weights:
@@ -83,10 +83,10 @@ class OpenVinoSession:
             model.reshape({name: list(shape) for name, shape in shapes.items()})
         # OpenVINO maps large weight files (the UNet's external data) and repacks the weights at
         # compile (static shapes) or on the first inference, after which the mapped copy stays
-        # resident though hardly read: 3.2 GiB of 6.75 GiB for the SD 1.5 UNet in fp32. The
+        # resident though hardly read (about half the process's memory for the SD 1.5 UNet in fp32). The
         # compile and the first inference at each input shape (a few kernels repack per shape)
         # run while the mapped pages are dropped from the process, and once more after
-        # (runtime/backends/mapped.py): a static compile of that UNet peaked at 5.5 GiB without.
+        # (runtime/backends/mapped.py): without it, a static compile of that UNet peaked at twice the memory.
         # Not for an engine imported from the cache (its weights are in the blob, not these
         # files; the read model that mapped them is gone): dropping the pages of a mapped blob
         # changed the results, measured at SD 1.5 sizes. The mappings are looked up again at each
