@@ -218,6 +218,7 @@ def test_peers_convert_in_a_process_of_their_own_before_anything_is_measured(tmp
     assert sum(op == "prepare" for _, op in lines) == 2
 
 
+@pytest.mark.slow
 def test_bench_on_the_demo_model_against_diffusers(tmp_path, capsys):
     """A whole run: sdrt and diffusers take turns on the same latents; the images agree, every
     figure is recorded, and a peer that is not installed is reported, not fatal."""
@@ -252,6 +253,7 @@ def test_bench_on_the_demo_model_against_diffusers(tmp_path, capsys):
     assert not (tmp_path / "run.partial").exists()
 
 
+@pytest.mark.slow
 def test_bench_runs_sdrt_in_its_default_configuration_and_leaves_no_engines(tmp_path, monkeypatch):
     """The first load and the fresh-process load are both measured; sdrt keeps no compiled
     engines on the CPU by default, so nothing is written to the user's cache."""

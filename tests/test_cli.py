@@ -22,6 +22,7 @@ def test_help_explains_every_option():
     assert module.returncode == 0 and "--allow-pickle" in module.stdout
 
 
+@pytest.mark.slow
 def test_export_info_generate(tiny_checkpoint, tmp_path, capsys):
     artifact = tmp_path / "tiny-onnx"
     assert main(["export", str(tiny_checkpoint), "-o", str(artifact)]) == 0

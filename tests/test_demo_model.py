@@ -42,6 +42,7 @@ def test_shipped_text_encoder_uses_the_standard_key_names():
     assert keys and all(key.startswith("text_model.") for key in keys)
 
 
+@pytest.mark.slow
 def test_shipped_artifact_is_the_export_of_the_shipped_folder(tmp_path):
     pytest.importorskip("torch")
     shipped = json.loads((demo_artifact() / "sdrt.json").read_text())
@@ -57,6 +58,7 @@ def test_shipped_artifact_is_the_export_of_the_shipped_folder(tmp_path):
     assert fresh["components"] == shipped["components"] and fresh["pipeline"] == shipped["pipeline"]
 
 
+@pytest.mark.slow
 def test_prompt_fidelity_on_every_backend(pipes):
     prompts = load_evaluation_prompts()[:SUBSET]
     scores = {backend: evaluate(pipe, prompts, seeds=(1,)) for backend, pipe in pipes.items()}
@@ -67,6 +69,7 @@ def test_prompt_fidelity_on_every_backend(pipes):
     assert max(overall) - min(overall) <= 0.02, scores
 
 
+@pytest.mark.slow
 def test_negative_prompt_moves_the_colour_away(pipes):
     pipe = next(iter(pipes.values()))
 
@@ -120,6 +123,7 @@ def test_inpainting_changes_only_the_masked_region(pipes):
         assert b > r + 80 and b > g + 80, (seed, shape.mean(axis=0))
 
 
+@pytest.mark.slow
 def test_prompt_weights_move_the_image(pipes):
     # Weighting a word down weakens it: "red" at weight 0 no longer always gives a red circle.
     # (CLIP's later tokens have read the word too, so the effect is partial, as in the web UIs.)

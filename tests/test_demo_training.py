@@ -10,6 +10,7 @@ diffusers = pytest.importorskip("diffusers")
 from sdrt.models.demo.train import train  # noqa: E402
 
 
+@pytest.mark.slow
 def test_stages_train_resume_and_leave_a_loadable_pipeline(tmp_path):
     folder = tmp_path / "demo"
     vae = train(folder, "vae", minutes=5, max_steps=2, batch=4, progress=False)

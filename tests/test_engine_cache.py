@@ -74,6 +74,7 @@ def test_the_engine_folder_changes_with_the_weights_the_backend_and_the_device(t
     assert all(folder.parent == tmp_path / "openvino" and folder.name.startswith("unet-") for folder in others)
 
 
+@pytest.mark.slow
 def test_a_cached_engine_keeps_the_requested_precision(tiny_artifact, tmp_path):
     """OpenVINO's blob is shared by fp32 and bf16 (its cache key leaves out the precision hint):
     an engine first cached by a bf16 load must still compute in fp32 for an fp32 load."""
@@ -88,6 +89,7 @@ def test_a_cached_engine_keeps_the_requested_precision(tiny_artifact, tmp_path):
     assert not np.array_equal(images["fp32", True], images["bf16", True])
 
 
+@pytest.mark.slow
 def test_the_cli_flags_choose_the_cache(tmp_path, monkeypatch):
     pytest.importorskip("openvino")
     from sdrt.cli import main

@@ -145,6 +145,7 @@ def test_generate_into_a_missing_folder(tiny_artifact, tmp_path, capsys):
     assert not (tmp_path / "missing").exists()
 
 
+@pytest.mark.slow
 def test_interrupted_export_leaves_nothing_loadable(tiny_checkpoint, tmp_path, monkeypatch):
     from sdrt.export import exporter
 

@@ -61,6 +61,7 @@ def check_match(mine, theirs):
     assert theirs.std() > 0.01
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", list(BACKENDS))
 @pytest.mark.parametrize("sampler", list(SCHEDULERS))
 def test_ordinary_unet_matches_diffusers(tiny_artifact, tiny_checkpoint, monkeypatch, backend, sampler):
@@ -71,6 +72,7 @@ def test_ordinary_unet_matches_diffusers(tiny_artifact, tiny_checkpoint, monkeyp
                     reference(tiny_checkpoint, monkeypatch, sampler, 4, strength))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", list(BACKENDS))
 @pytest.mark.parametrize("sampler", ["euler", "dpmpp_2m"])
 def test_inpainting_unet_matches_diffusers(tiny_inpainting_artifact, tiny_inpainting_checkpoint, monkeypatch,
@@ -82,6 +84,7 @@ def test_inpainting_unet_matches_diffusers(tiny_inpainting_artifact, tiny_inpain
                     reference(tiny_inpainting_checkpoint, monkeypatch, sampler, 5, strength))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("which", ["ordinary", "inpainting"])
 def test_pixels_outside_the_mask_stay_as_they_were(tiny_artifact, tiny_inpainting_artifact, which):
     artifact = tiny_artifact if which == "ordinary" else tiny_inpainting_artifact
@@ -106,6 +109,7 @@ def test_pixels_outside_the_mask_stay_as_they_were(tiny_artifact, tiny_inpaintin
     assert (soft[ring] != source[ring]).any()
 
 
+@pytest.mark.slow
 def test_inpainting_requests_are_checked(tiny_artifact, tiny_inpainting_artifact):
     pipe = sdrt.load(tiny_artifact)
     with pytest.raises(RequestError, match="mask_image needs the image"):

@@ -84,6 +84,7 @@ def diffusers_image(checkpoint, latents, lora=None, strength=1.0):
                     output_type="np").images
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layout", ["peft", "kohya"])
 def test_merged_lora_matches_diffusers_fuse_lora(tiny_checkpoint, lora_files, tmp_path, layout):
     artifact = sdrt.export_checkpoint(tiny_checkpoint, tmp_path / "artifact", loras=[f"{lora_files[layout]}:0.8"])
@@ -121,6 +122,7 @@ def sdrt_image(pipe, latents, prompt=PROMPT):
     return pipe(prompt, latents=latents, num_inference_steps=4, scheduler="euler", output_type="np").images
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", list(BACKENDS))
 @pytest.mark.parametrize("layout", ["peft", "kohya"])
 def test_run_time_lora_matches_diffusers_fuse_lora(tiny_artifact, tiny_checkpoint, lora_files, backend, layout):
@@ -237,6 +239,7 @@ def test_export_names_every_linear_and_convolution_weight_after_its_module(tiny_
             np.testing.assert_array_equal(stored[initializer], expected.T if transposed else expected)
 
 
+@pytest.mark.slow
 def test_run_time_weights_in_external_data(tiny_checkpoint, tiny_artifact, lora_files, tmp_path, monkeypatch):
     """The same LoRA and textual-inversion word on an artifact whose networks keep every weight in
     external data files (as the SD 1.5 UNet does): the LoRA's weights are replaced in place, the

@@ -168,6 +168,7 @@ def test_the_torch_cuda_benchmark_runs_its_steps_on_the_cpu(tmp_path):
     assert result["device"] == "cpu" and result["cuda_graph"] is False
 
 
+@pytest.mark.slow
 def test_the_torch_cuda_benchmarks_compiled_unet_matches_the_eager_one_on_the_cpu(tmp_path):
     """--compile: the loop runs the torch.compile'd UNet (inductor) and the benchmark's check
     compares its final latents with the eager UNet's loop: different code, the same result."""

@@ -43,6 +43,7 @@ def test_small_images_are_refused(tiny_artifact):
         sdrt.load(tiny_artifact)("x", num_inference_steps=1, watermark=True)
 
 
+@pytest.mark.slow
 def test_generate_marks_and_check_reads(tiny_artifact, tmp_path, capsys):
     marked, plain = tmp_path / "marked.png", tmp_path / "plain.png"
     for path, extra in ((marked, ["--watermark"]), (plain, [])):
