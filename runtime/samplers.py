@@ -17,6 +17,7 @@ and computes the update coefficients in float64.
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -174,13 +175,12 @@ def _compile(sampler: str, scheduler_config: dict, num_inference_steps: int, sta
     if config["rescale_betas_zero_snr"] and sampler in _SIGMA_SAMPLERS:
         # As those diffusers schedulers do: close to 0 without being 0, so the first sigma is finite.
         alphas_cumprod[-1] = np.float32(2.0**-24)
-    builder = {
-        "ddim": _ddim, "pndm": _pndm, "euler": _euler, "euler_a": _euler_ancestral,
-        "dpmpp_2m": _dpmpp_2m, "dpmpp_2m_karras": _dpmpp_2m, "lcm": _lcm,
-    }[sampler]
+    steps, noising, init_noise_sigma = _BUILDERS[sampler](config, alphas_cumprod, num_inference_steps, start or 0)
     if start is None:
-        return builder(sampler, config, alphas_cumprod, num_inference_steps)
-    return builder(sampler, config, alphas_cumprod, num_inference_steps, start)
+        return SamplerPlan(sampler, init_noise_sigma, tuple(steps))
+    # image-to-image starts from the image's latents noised to the first step it runs (no steps: no noise)
+    image_weight, noise_weight = noising[0] if steps else (1.0, 0.0)
+    return SamplerPlan(sampler, noise_weight, tuple(steps), image_weight, tuple(noising))
 
 
 # -- training noise schedule (diffusers: the schedulers' __init__) -------------------------
@@ -237,16 +237,28 @@ def _eps_and_x0(prediction_type: str, alpha_prod: float) -> tuple[_Linear, _Line
     return _Linear(b, a), _Linear(a, -b)  # v-prediction (Salimans & Ho 2022, eq. 11)
 
 
-def _discrete_timesteps(config: dict, steps: int) -> np.ndarray:
-    """Integer timesteps of DDIM / PNDM-style spacings, descending (scheduling_ddim.py)."""
+def _spaced_timesteps(config: dict, steps: int, *, rounded: bool = True, one_more: bool = False) -> np.ndarray:
+    """The training timesteps `steps` inference steps visit, descending, by the config's
+    timestep_spacing (Lin et al. 2024, table 2; the set_timesteps of scheduling_ddim.py,
+    _pndm.py, _euler_discrete.py, _dpmsolver_multistep.py). `rounded` False keeps linspace's
+    fractional timesteps (the Euler schedulers); `one_more` spaces linspace and leading over
+    steps + 1 points and drops the last (DPM-Solver)."""
     n, spacing = int(config["num_train_timesteps"]), config["timestep_spacing"]
+    points = steps + 1 if one_more else steps
+    if spacing == "linspace":
+        spaced = np.linspace(0, n - 1, points)
+        return (spaced.round() if rounded else spaced)[::-1][:steps]
+    if spacing == "leading":
+        return (np.arange(0, points) * (n // points)).round()[::-1][:steps] + int(config["steps_offset"])
+    return np.round(np.arange(n, 0, -n / steps)) - 1  # trailing
+
+
+def _discrete_timesteps(config: dict, steps: int) -> np.ndarray:
+    """Integer timesteps of DDIM / PNDM / LCM-style schedulers, descending."""
+    n = int(config["num_train_timesteps"])
     if steps > n:
         raise RequestError(f"num_inference_steps ({steps}) cannot exceed the {n} training timesteps.")
-    if spacing == "linspace":
-        return np.linspace(0, n - 1, steps).round()[::-1].astype(np.int64)
-    if spacing == "leading":
-        return (np.arange(0, steps) * (n // steps)).round()[::-1].astype(np.int64) + int(config["steps_offset"])
-    return np.round(np.arange(n, 0, -n / steps)).astype(np.int64) - 1
+    return _spaced_timesteps(config, steps).astype(np.int64)
 
 
 def _alpha_prev(alphas_cumprod: np.ndarray, t: int, final: float) -> float:
@@ -257,13 +269,6 @@ def _final_alpha(config: dict, alphas_cumprod: np.ndarray) -> float:
     return 1.0 if config["set_alpha_to_one"] else float(alphas_cumprod[0])
 
 
-def _image_start(name: str, steps: list[PlanStep], noising: list[tuple[float, float]]) -> SamplerPlan:
-    """A plan that starts from an image: `steps`, with the add_noise weights at each of them;
-    it starts from the image's latents noised to the first (no steps: no noise)."""
-    image_weight, noise_weight = noising[0] if steps else (1.0, 0.0)
-    return SamplerPlan(name, noise_weight, tuple(steps), image_weight, tuple(noising))
-
-
 def _vp_noising(alphas_cumprod: np.ndarray, timestep: int) -> tuple[float, float]:
     # add_noise of scheduling_ddim.py / _pndm.py / _lcm.py: sqrt(a_t) x0 + sqrt(1 - a_t) noise
     a = float(alphas_cumprod[int(timestep)])
@@ -272,7 +277,7 @@ def _vp_noising(alphas_cumprod: np.ndarray, timestep: int) -> tuple[float, float
 
 # -- DDIM, eta = 0 (scheduling_ddim.py; Song et al. 2021, eq. 12) --------------------------
 
-def _ddim(name, config, alphas_cumprod, steps, start=None):
+def _ddim(config, alphas_cumprod, steps, start):
     timesteps = _discrete_timesteps(config, steps)
     ratio = int(config["num_train_timesteps"]) // steps
     final = _final_alpha(config, alphas_cumprod)
@@ -282,25 +287,17 @@ def _ddim(name, config, alphas_cumprod, steps, start=None):
         eps, x0 = _eps_and_x0(config["prediction_type"], a)
         ca, cb = math.sqrt(a_prev), math.sqrt(1.0 - a_prev)
         plan.append(PlanStep(float(t), 1.0, (ca * x0.x + cb * eps.x,), (ca * x0.out + cb * eps.out,)))
-    if start is not None:
-        return _image_start(name, plan[start:], [_vp_noising(alphas_cumprod, t) for t in timesteps[start:]])
-    return SamplerPlan(name, 1.0, tuple(plan))
+    return plan[start:], [_vp_noising(alphas_cumprod, t) for t in timesteps[start:]], 1.0
 
 
 # -- PNDM with skip_prk_steps: PLMS (scheduling_pndm.py; Liu et al. 2022) ------------------
 
-def _pndm(name, config, alphas_cumprod, steps, start=None):
-    n, spacing = int(config["num_train_timesteps"]), config["timestep_spacing"]
-    if spacing == "linspace":
-        base = np.linspace(0, n - 1, steps).round().astype(np.int64)
-    elif spacing == "leading":
-        base = (np.arange(0, steps) * (n // steps)).round().astype(np.int64) + int(config["steps_offset"])
-    else:
-        base = np.round(np.arange(n, 0, -n / steps))[::-1].astype(np.int64) - 1
+def _pndm(config, alphas_cumprod, steps, start):
+    n = int(config["num_train_timesteps"])
+    base = _spaced_timesteps(config, steps)[::-1].astype(np.int64)  # ascending
     timesteps = np.concatenate([base[:-1], base[-2:-1], base[-1:]])[::-1]
-    if start is not None:
-        # img2img cuts the (steps + 1)-long PLMS list; its counter, and so its history, restart
-        timesteps = timesteps[start:] if start < steps else timesteps[:0]
+    # img2img cuts the (steps + 1)-long PLMS list; its counter, and so its history, restart
+    timesteps = timesteps[start:] if start < steps else timesteps[:0]
     ratio = n // steps
     final = _final_alpha(config, alphas_cumprod)
     # Which earlier outputs the PLMS history holds: the second call's output is never stored.
@@ -339,9 +336,7 @@ def _pndm(name, config, alphas_cumprod, steps, start=None):
             latent[sample_index] += out_coeff * math.sqrt(1.0 - a)
         plan.append(PlanStep(float(model_t), 1.0, _weights_back_from(counter, latent),
                              _weights_back_from(counter, outputs)))
-    if start is not None:
-        return _image_start(name, plan, [_vp_noising(alphas_cumprod, t) for t in timesteps])
-    return SamplerPlan(name, 1.0, tuple(plan))
+    return plan, [_vp_noising(alphas_cumprod, t) for t in timesteps], 1.0
 
 
 def _weights_back_from(current: int, by_index: dict[int, float]) -> tuple[float, ...]:
@@ -356,14 +351,7 @@ def _weights_back_from(current: int, by_index: dict[int, float]) -> tuple[float,
 # -- Euler and Euler ancestral (scheduling_euler_discrete.py, ..._ancestral_discrete.py) ---
 
 def _euler_sigmas(config, alphas_cumprod, steps) -> tuple[np.ndarray, np.ndarray]:
-    n, spacing = int(config["num_train_timesteps"]), config["timestep_spacing"]
-    if spacing == "linspace":
-        timesteps = np.linspace(0, n - 1, steps, dtype=np.float32)[::-1].copy()
-    elif spacing == "leading":
-        timesteps = (np.arange(0, steps) * (n // steps)).round()[::-1].astype(np.float32)
-        timesteps += config["steps_offset"]
-    else:
-        timesteps = np.arange(n, 0, -n / steps).round().astype(np.float32) - 1
+    timesteps = _spaced_timesteps(config, steps, rounded=False).astype(np.float32)
     sigmas = np.sqrt((1 - alphas_cumprod) / alphas_cumprod)
     sigmas = np.interp(timesteps, np.arange(0, len(sigmas)), sigmas)
     sigmas = np.concatenate([sigmas, [0.0]]).astype(np.float32)
@@ -381,7 +369,7 @@ def _euler_init_sigma(config, sigmas) -> float:
     return top if config["timestep_spacing"] in ("linspace", "trailing") else math.sqrt(top**2 + 1)
 
 
-def _euler(name, config, alphas_cumprod, steps, start=None):
+def _euler(config, alphas_cumprod, steps, start):
     timesteps, sigmas = _euler_sigmas(config, alphas_cumprod, steps)
     plan = []
     for i, t in enumerate(timesteps):
@@ -391,12 +379,11 @@ def _euler(name, config, alphas_cumprod, steps, start=None):
         # x + (x - D) / sigma * dt  (k-diffusion sample_euler)
         plan.append(PlanStep(float(t), 1.0 / math.sqrt(sigma**2 + 1),
                              (1.0 + (1.0 - d.x) / sigma * dt,), (-d.out / sigma * dt,)))
-    if start is not None:  # add_noise: x0 + sigma noise
-        return _image_start(name, plan[start:], [(1.0, float(sigma)) for sigma in sigmas[start:-1]])
-    return SamplerPlan(name, _euler_init_sigma(config, sigmas), tuple(plan))
+    # add_noise: x0 + sigma noise
+    return plan[start:], [(1.0, float(sigma)) for sigma in sigmas[start:-1]], _euler_init_sigma(config, sigmas)
 
 
-def _euler_ancestral(name, config, alphas_cumprod, steps, start=None):
+def _euler_ancestral(config, alphas_cumprod, steps, start):
     timesteps, sigmas = _euler_sigmas(config, alphas_cumprod, steps)
     plan = []
     for i, t in enumerate(timesteps):
@@ -407,22 +394,13 @@ def _euler_ancestral(name, config, alphas_cumprod, steps, start=None):
         dt = sigma_down - sigma
         plan.append(PlanStep(float(t), 1.0 / math.sqrt(sigma**2 + 1),
                              (1.0 + (1.0 - d.x) / sigma * dt,), (-d.out / sigma * dt,), sigma_up))
-    if start is not None:
-        return _image_start(name, plan[start:], [(1.0, float(sigma)) for sigma in sigmas[start:-1]])
-    return SamplerPlan(name, _euler_init_sigma(config, sigmas), tuple(plan))
+    return plan[start:], [(1.0, float(sigma)) for sigma in sigmas[start:-1]], _euler_init_sigma(config, sigmas)
 
 
 # -- DPM-Solver++(2M) (scheduling_dpmsolver_multistep.py; Lu et al. 2022, alg. 2) ----------
 
 def _dpm_timesteps_and_sigmas(config, alphas_cumprod, steps, karras: bool):
-    n, spacing = int(config["num_train_timesteps"]), config["timestep_spacing"]
-    if spacing == "linspace":
-        timesteps = np.linspace(0, n - 1, steps + 1).round()[::-1][:-1].astype(np.int64)
-    elif spacing == "leading":
-        ratio = n // (steps + 1)
-        timesteps = (np.arange(0, steps + 1) * ratio).round()[::-1][:-1].astype(np.int64) + int(config["steps_offset"])
-    else:
-        timesteps = np.arange(n, 0, -n / steps).round().astype(np.int64) - 1
+    timesteps = _spaced_timesteps(config, steps, one_more=True).astype(np.int64)
     sigmas = np.sqrt((1 - alphas_cumprod) / alphas_cumprod)
     log_sigmas = np.log(sigmas)
     if karras:
@@ -455,10 +433,11 @@ def _alpha_sigma(sigma: float) -> tuple[float, float]:
     return alpha, sigma * alpha
 
 
-def _dpmpp_2m(name, config, alphas_cumprod, steps, start=None):
-    timesteps, sigmas = _dpm_timesteps_and_sigmas(config, alphas_cumprod, steps, karras=name.endswith("karras"))
+def _dpmpp_2m(config, alphas_cumprod, steps, start, karras: bool = False):
+    """karras: sigmas spaced as Karras et al. 2022, eq. 5 (diffusers' use_karras_sigmas=True)."""
+    timesteps, sigmas = _dpm_timesteps_and_sigmas(config, alphas_cumprod, steps, karras)
     count = len(timesteps)
-    first = start or 0  # img2img: the solver's history starts at the first step it runs
+    first = start  # img2img: the solver's history starts at the first step it runs
     plan = []
     denoised: list[_Linear] = []  # clean-sample estimate of each step, in its own (x, out)
     for i, t in enumerate(timesteps):
@@ -491,14 +470,13 @@ def _dpmpp_2m(name, config, alphas_cumprod, steps, start=None):
         # x_t = (sig_t/sig_s) x - phi D0 - 0.5 phi (D0 - D1) / r0  (midpoint form)
         c0, c1 = -phi - 0.5 * phi / r0, 0.5 * phi / r0
         plan.append(PlanStep(float(t), 1.0, (sig_t / sig_s + c0 * d0.x, c1 * d1.x), (c0 * d0.out, c1 * d1.out)))
-    if start is not None:  # add_noise: alpha_t x0 + sigma_t noise at the first sigma
-        return _image_start(name, plan, [_alpha_sigma(float(sigma)) for sigma in sigmas[start:-1]])
-    return SamplerPlan(name, 1.0, tuple(plan))
+    # add_noise: alpha_t x0 + sigma_t noise at the first sigma
+    return plan, [_alpha_sigma(float(sigma)) for sigma in sigmas[start:-1]], 1.0
 
 
 # -- LCM multistep sampling (scheduling_lcm.py; Luo et al. 2023, alg. 3) -------------------
 
-def _lcm(name, config, alphas_cumprod, steps, start=None):
+def _lcm(config, alphas_cumprod, steps, start):
     n = int(config["num_train_timesteps"])
     original = int(config["original_inference_steps"])
     if steps > original:
@@ -524,6 +502,12 @@ def _lcm(name, config, alphas_cumprod, steps, start=None):
         else:
             s = math.sqrt(a_prev)
             plan.append(PlanStep(float(t), 1.0, (s * den.x,), (s * den.out,), math.sqrt(1.0 - a_prev)))
-    if start is not None:
-        return _image_start(name, plan[start:], [_vp_noising(alphas_cumprod, t) for t in timesteps[start:]])
-    return SamplerPlan(name, 1.0, tuple(plan))
+    return plan[start:], [_vp_noising(alphas_cumprod, t) for t in timesteps[start:]], 1.0
+
+
+# sampler -> builder(config, alphas_cumprod, steps, start) -> (plan steps from `start` on, the
+# add_noise (image weight, noise weight) at each of them, init_noise_sigma of text-to-image)
+_BUILDERS = {
+    "ddim": _ddim, "pndm": _pndm, "euler": _euler, "euler_a": _euler_ancestral,
+    "dpmpp_2m": _dpmpp_2m, "dpmpp_2m_karras": functools.partial(_dpmpp_2m, karras=True), "lcm": _lcm,
+}
