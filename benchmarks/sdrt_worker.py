@@ -64,7 +64,7 @@ class SdrtEngine:
     def components(self, repeats: int, warmup: int) -> dict:
         """Each network alone on the request's shapes: the text encoder as guidance calls it,
         the UNet at batch 1 and 2, the VAE decoder and (when the artifact has one) encoder."""
-        from sdrt.models.components import random_feeds
+        from sdrt.models.components import TEXT_ENCODER, random_feeds
         from sdrt.runtime.backends import backend_module
 
         from .stats import timed
@@ -81,7 +81,8 @@ class SdrtEngine:
 
         calls = {
             "text_encoder_s": (sessions["text_encoder"],
-                               {"input_ids": pipeline.tokenizer([settings["negative_prompt"], settings["prompt"]])}),
+                               {TEXT_ENCODER.input_ids: pipeline.tokenizer([settings["negative_prompt"],
+                                                                            settings["prompt"]])}),
             "unet_batch1_s": (sessions["denoiser"], feeds("denoiser", 1)),
             "unet_batch2_s": (sessions["denoiser"], feeds("denoiser", 2)),
             "vae_decoder_s": (sessions["vae_decoder"], feeds("vae_decoder", 1)),

@@ -22,7 +22,7 @@ from ..runtime.plan_file import PLAN_FILE, write_plan_file
 from .lora import LoraSpec, merge_lora
 from .onnx_export import OPSET, component_modules, export_component
 from .openvino_tokenizer import write_openvino_tokenizer
-from .source import ExportError, resolve_checkpoint
+from .source import EXPORT_PACKAGES, ExportError, require_packages, resolve_checkpoint
 
 # progress(done, total, what is being done now)
 Progress = Callable[[int, int, str], None]
@@ -40,6 +40,7 @@ def export_checkpoint(source: str | os.PathLike, output: str | os.PathLike, *, a
     `loras` ("file.safetensors:0.8" or LoraSpec) are merged into the UNet and text encoder
     weights first, in order (export.lora); the manifest records them.
     """
+    require_packages("Exporting", EXPORT_PACKAGES)
     loras = [spec if isinstance(spec, LoraSpec) else LoraSpec.parse(spec) for spec in loras]
     for spec in loras:
         if not spec.path.is_file():
@@ -87,12 +88,13 @@ def _export_into(folder: Path, description: str, target: Path, verify: bool, rep
     scheduler_config = _read_json(folder / "scheduler" / "scheduler_config.json")
     if unet_config.get("addition_embed_type") == "text_time" or (folder / "text_encoder_2").is_dir():
         raise ExportError("SDXL checkpoints are not supported yet; this release exports SD 1.x and 2.x.")
+    max_length = text_config.get("max_position_embeddings", 77)
+    tokenizer = _copy_tokenizer(folder / "tokenizer", target / "tokenizer", max_length)  # first: it checks the files
 
     vae_scale = 2 ** (len(vae_config["block_out_channels"]) - 1)
     latent_multiple = 2 ** (len(unet_config["block_out_channels"]) - 1)
     latent_channels = vae_config.get("latent_channels", 4)
     hidden = text_config["hidden_size"]
-    max_length = text_config.get("max_position_embeddings", 77)
     specs = {
         "text_encoder": descriptors.text_encoder_spec(hidden, max_length),
         "unet": descriptors.unet_spec(unet_config.get("in_channels", 4), unet_config.get("out_channels", 4),
@@ -133,7 +135,6 @@ def _export_into(folder: Path, description: str, target: Path, verify: bool, rep
     del modules, text_encoder, unet, vae
 
     report(total - 1, total, "copying and converting the tokenizer, compiling sampler plans")
-    tokenizer = _copy_tokenizer(folder / "tokenizer", target / "tokenizer", max_length)
     tokenizer["files"].update(write_openvino_tokenizer(target / "tokenizer", tokenizer["max_length"]))
     write_plan_file(target, scheduler_config)
 
@@ -168,15 +169,18 @@ def _export_into(folder: Path, description: str, target: Path, verify: bool, rep
 
 
 def _copy_tokenizer(source: Path, target: Path, max_length: int) -> dict:
-    if not (source / "vocab.json").is_file() or not (source / "merges.txt").is_file():
-        raise ExportError(f"{source} lacks vocab.json and merges.txt; sdrt needs CLIP's BPE files.")
     target.mkdir(parents=True)
     files = {}
     for name in TOKENIZER_FILES:
         if (source / name).is_file():
             shutil.copyfile(source / name, target / name)
             files[name.split(".")[0]] = f"tokenizer/{name}"
-    vocab = _read_json(source / "vocab.json")
+    if "vocab" not in files or "merges" not in files:
+        # transformers 5 saves tokenizer.json alone; the artifact keeps CLIP's two BPE files,
+        # which the Python tokenizer and C++ hosts read.
+        _write_bpe_files(source, target)
+        files.update(vocab="tokenizer/vocab.json", merges="tokenizer/merges.txt")
+    vocab = _read_json(target / "vocab.json")
     settings = {}
     for name in ("tokenizer_config.json", "special_tokens_map.json"):
         if (source / name).is_file():
@@ -200,6 +204,21 @@ def _copy_tokenizer(source: Path, target: Path, max_length: int) -> dict:
         "lowercase": True,
         "for_component": "text_encoder",
     }
+
+
+def _write_bpe_files(source: Path, target: Path) -> None:
+    """vocab.json and merges.txt from the BPE model in source/tokenizer.json (the tokenizers
+    library's file: model.vocab, model.merges as "a b" strings or [a, b] pairs)."""
+    if not (source / "tokenizer.json").is_file():
+        raise ExportError(f"{source} holds neither CLIP's BPE files (vocab.json, merges.txt) nor a tokenizer.json; "
+                          "save the tokenizer with transformers' save_pretrained into that folder.")
+    model = _read_json(source / "tokenizer.json").get("model", {})
+    if model.get("type") != "BPE" or not isinstance(model.get("vocab"), dict) or not model.get("merges"):
+        raise ExportError(f"{source / 'tokenizer.json'} does not hold a BPE tokenizer with a vocabulary and merges "
+                          f"(model type {model.get('type')!r}); sdrt exports CLIP's BPE tokenizer.")
+    merges = [pair if isinstance(pair, str) else " ".join(pair) for pair in model["merges"]]
+    (target / "vocab.json").write_text(json.dumps(model["vocab"], ensure_ascii=False), encoding="utf-8")
+    (target / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
 
 
 def _checksums(root: Path) -> dict:

@@ -8,11 +8,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..models.configs import checkpoint_config
-from .source import write_config_folder
+from .source import EXPORT_PACKAGES, require_packages, write_config_folder
 
 
 def build_random_pipeline(config_name: str, folder: Path, seed: int = 0) -> Path:
     """Write a random-weight SD pipeline of the named config (`tiny`, `sd15`, their `-inpainting` forms) to `folder`."""
+    require_packages("Building a random-weight model", EXPORT_PACKAGES)
     import torch
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel

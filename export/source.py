@@ -4,20 +4,40 @@ Every source ends as a local diffusers folder, so the rest of the exporter has o
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..models.configs import checkpoint_config
+from ..runtime.errors import SdrtError
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl")
 SINGLE_FILE_SUFFIXES = (".safetensors",)
 REQUIRED_PARTS = ("text_encoder", "tokenizer", "unet", "vae", "scheduler")
 
 
-class ExportError(Exception):
+class ExportError(SdrtError):
     """The checkpoint cannot be exported as given; the message says what to change."""
+
+
+# what reading a checkpoint and exporting it to ONNX imports (the `export` extra)
+EXPORT_PACKAGES = ("torch", "diffusers", "transformers", "onnx", "onnxscript")
+
+
+def require_packages(what: str, packages: tuple[str, ...]) -> None:
+    """Refuse, in one sentence naming the extra, to start `what` when one of `packages` (the
+    export extra's) cannot be imported; checked before anything is written."""
+    for package in packages:
+        try:
+            found = importlib.util.find_spec(package) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            raise ExportError(f"{what} needs the export extra ({package} is not installed): pip install "
+                              "torch==2.13.0 first (an unpinned torch is a multi-GB CUDA build), then pip install "
+                              "'sdrt[export]'.")
 
 
 @dataclass

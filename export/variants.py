@@ -29,7 +29,7 @@ import numpy as np
 from ..kernels.image import psnr, ssim
 from ..models.manifest import MANIFEST_NAME, sha256_file
 from ..runtime.artifact import Artifact, open_artifact
-from .source import ExportError
+from .source import ExportError, require_packages
 
 EXTERNAL_DATA_BYTES = 3 << 29  # 1.5 GiB, as the exporter: larger models keep weights beside the graph
 REPORT_PROMPTS = ("a photograph of a castle on a hill at sunset", "a red circle on a blue background")
@@ -78,6 +78,7 @@ class Maker:
     # which it takes on CPUs with AMX or AVX512-BF16 (fp32 elsewhere)
     compute: str = "fp32"
     report_device: str = "cpu"  # the device the report runs on (a variant of GPU-only operators: the GPU)
+    packages: tuple[str, ...] = ("onnx", "onnxruntime")  # what `make` imports
 
 
 def _fp16(source: Path, folder: Path, calibration: Calibration | None = None) -> dict:
@@ -250,17 +251,19 @@ def _qdq_int8(source: Path, folder: Path, calibration: Calibration | None) -> di
 # it has). Weight-only variants are OpenVINO models (NNCF's ONNX output does not load in ONNX Runtime
 # or OpenVINO at opset 18). int8 is calibrated: the denoiser's activations too (the other
 # networks' weights only); int8-qdq is ONNX Runtime's form of it.
+NNCF_PACKAGES = ("onnx", "nncf", "openvino")  # OpenVINO's compression of ONNX networks
 MAKERS = {
     "int8": Maker(("text_encoder", "unet", "vae_decoder"), "openvino", _int8, "openvino", "model.xml",
-                  calibrated=True, compute="bf16"),
+                  calibrated=True, compute="bf16", packages=NNCF_PACKAGES),
     "fp16": Maker(("text_encoder", "unet"), "onnxruntime", _fp16),
     "fp32-fused": Maker(("unet",), "onnxruntime", _fp32_fused, "onnxruntime"),
     "fp16-cuda": Maker(("unet",), "onnxruntime", _fp16_cuda, "onnxruntime-cuda", report_device="cuda"),
     "int8-qdq": Maker(("text_encoder", "unet"), "onnxruntime", _qdq_int8, calibrated=True),
     "int8-weights": Maker(("text_encoder", "unet", "vae_decoder"), "openvino", _weight_compression("INT8_ASYM"),
-                          "openvino", "model.xml"),
+                          "openvino", "model.xml", packages=NNCF_PACKAGES),
     "int4-weights": Maker(("text_encoder", "unet"), "openvino",
-                          _weight_compression("INT4_SYM", group_size=128, ratio=1.0), "openvino", "model.xml"),
+                          _weight_compression("INT4_SYM", group_size=128, ratio=1.0), "openvino", "model.xml",
+                          packages=NNCF_PACKAGES),
 }
 
 
@@ -294,6 +297,7 @@ def make_variants(artifact_root: str | Path, precision: str, components: Iterabl
         raise ExportError(f"sdrt makes these precision variants: bf16 (a report only), {', '.join(MAKERS)}; got "
                           f"{precision!r}.")
     maker = MAKERS[precision]
+    require_packages(f"Making {precision} variants", maker.packages)
     root = Path(artifact_root)
     artifact = open_artifact(root)
     names = list(components) if components is not None else list(maker.components)

@@ -94,14 +94,48 @@ class ComponentSpec:
         )
 
 
+# What each input and output of a role means to a pipeline, and the tensor name it has: the one
+# place these names are written. The spec builders below and every runtime feed (pipeline,
+# device loops, engines) use them; a family whose networks take more (SDXL's pooled text and
+# time ids) adds its inputs here and in its spec, not in the loop.
+@dataclass(frozen=True)
+class TextEncoderIO:
+    input_ids: str = "input_ids"
+    hidden_states: str = "last_hidden_state"
+    pooled: str = "pooler_output"
+
+
+@dataclass(frozen=True)
+class DenoiserIO:
+    sample: str = "sample"  # the (scaled) latents, with an inpainting UNet's extra channels
+    timestep: str = "timestep"
+    text: str = "encoder_hidden_states"  # the text encoder's hidden states, chunks one after another
+    prediction: str = "out_sample"  # noise, v or flow, as the manifest's prediction_type says
+
+
+@dataclass(frozen=True)
+class VaeDecoderIO:
+    latents: str = "latent_sample"
+    image: str = "sample"
+
+
+@dataclass(frozen=True)
+class VaeEncoderIO:
+    image: str = "sample"
+    parameters: str = "latent_parameters"  # the diagonal Gaussian's mean and log-variance
+
+
+TEXT_ENCODER, DENOISER, VAE_DECODER, VAE_ENCODER = TextEncoderIO(), DenoiserIO(), VaeDecoderIO(), VaeEncoderIO()
+
+
 def text_encoder_spec(hidden_size: int, max_length: int) -> ComponentSpec:
     return ComponentSpec(
         name="text_encoder",
         role="text_encoder",
-        inputs=(TensorSpec("input_ids", "int64", ("batch", "sequence")),),
+        inputs=(TensorSpec(TEXT_ENCODER.input_ids, "int64", ("batch", "sequence")),),
         outputs=(
-            TensorSpec("last_hidden_state", "float32", ("batch", "sequence", hidden_size)),
-            TensorSpec("pooler_output", "float32", ("batch", hidden_size)),
+            TensorSpec(TEXT_ENCODER.hidden_states, "float32", ("batch", "sequence", hidden_size)),
+            TensorSpec(TEXT_ENCODER.pooled, "float32", ("batch", hidden_size)),
         ),
         axis_ranges={"batch": (1, BATCH_MAX), "sequence": (1, max_length)},
     )
@@ -114,11 +148,12 @@ def unet_spec(in_channels: int, out_channels: int, text_hidden_size: int, latent
         name="unet",
         role="denoiser",
         inputs=(
-            TensorSpec("sample", "float32", ("batch", in_channels, "latent_height", "latent_width")),
-            TensorSpec("timestep", "float32", ("batch",)),
-            TensorSpec("encoder_hidden_states", "float32", ("batch", "sequence", text_hidden_size)),
+            TensorSpec(DENOISER.sample, "float32", ("batch", in_channels, "latent_height", "latent_width")),
+            TensorSpec(DENOISER.timestep, "float32", ("batch",)),
+            TensorSpec(DENOISER.text, "float32", ("batch", "sequence", text_hidden_size)),
         ),
-        outputs=(TensorSpec("out_sample", "float32", ("batch", out_channels, "latent_height", "latent_width")),),
+        outputs=(TensorSpec(DENOISER.prediction, "float32",
+                            ("batch", out_channels, "latent_height", "latent_width")),),
         axis_ranges={
             "batch": (1, BATCH_MAX),
             "latent_height": (max(LATENT_MIN, latent_multiple), LATENT_MAX),
@@ -133,8 +168,9 @@ def vae_decoder_spec(latent_channels: int, scale_factor: int) -> ComponentSpec:
     return ComponentSpec(
         name="vae_decoder",
         role="vae_decoder",
-        inputs=(TensorSpec("latent_sample", "float32", ("batch", latent_channels, "latent_height", "latent_width")),),
-        outputs=(TensorSpec("sample", "float32", ("batch", 3, "height", "width")),),
+        inputs=(TensorSpec(VAE_DECODER.latents, "float32",
+                           ("batch", latent_channels, "latent_height", "latent_width")),),
+        outputs=(TensorSpec(VAE_DECODER.image, "float32", ("batch", 3, "height", "width")),),
         axis_ranges={"batch": (1, BATCH_MAX), "latent_height": (1, LATENT_MAX), "latent_width": (1, LATENT_MAX)},
     )
 
@@ -145,9 +181,10 @@ def vae_encoder_spec(latent_channels: int, scale_factor: int) -> ComponentSpec:
     return ComponentSpec(
         name="vae_encoder",
         role="vae_encoder",
-        inputs=(TensorSpec("sample", "float32", ("batch", 3, "height", "width")),),
+        inputs=(TensorSpec(VAE_ENCODER.image, "float32", ("batch", 3, "height", "width")),),
         outputs=(
-            TensorSpec("latent_parameters", "float32", ("batch", 2 * latent_channels, "latent_height", "latent_width")),
+            TensorSpec(VAE_ENCODER.parameters, "float32",
+                       ("batch", 2 * latent_channels, "latent_height", "latent_width")),
         ),
         axis_ranges={"batch": (1, BATCH_MAX), "height": (scale_factor, LATENT_MAX * scale_factor),
                      "width": (scale_factor, LATENT_MAX * scale_factor)},
@@ -164,7 +201,7 @@ def random_feeds(spec: ComponentSpec, sizes: dict[str, int], seed: int = 0) -> d
         shape = tuple(sizes[a] if isinstance(a, str) else a for a in tensor.shape)
         if tensor.dtype == "int64":
             feeds[tensor.name] = rng.integers(0, 49406, size=shape, dtype=np.int64)
-        elif tensor.name == "timestep":
+        elif tensor.name == DENOISER.timestep:
             feeds[tensor.name] = rng.uniform(1, 999, size=shape).astype(np.float32)
         else:
             feeds[tensor.name] = rng.standard_normal(shape).astype(np.float32)

@@ -4,7 +4,7 @@ Each step runs the UNet, then the fused step (kernels/sampler_step.onnx: guidanc
 update, the next UNet input and timestep) on buffers allocated once. The UNet reads and writes
 the same buffers every step (the step writes its next input and timestep into them), so a
 backend may capture it as a CUDA graph; the step's histories rotate by re-binding, not copying.
-What the loop needs from the host (the first input, the text embeddings, each step's timestep,
+What the loop needs from the host (the first input, the conditioning, each step's timestep,
 coefficient row and noise) goes up before the first step; the latents come down after the last,
 or after a step only when the caller asks for them. A backend supplies the memory and the two
 calls (`Device`); its `to_device`, `copy_to_device` and `to_host` are the only transfers (tests
@@ -19,6 +19,7 @@ import numpy as np
 
 from ..kernels.sampler_step import MAX_HISTORY, step_coefficients
 from ..kernels.step_graph import LATENT_INPUTS, OUTPUT_INPUTS
+from ..models.components import DENOISER
 from .samplers import SamplerPlan
 
 # noise_for_step(step_index, shape) -> standard-normal float32 noise (host)
@@ -26,26 +27,40 @@ NoiseSource = Callable[[int, tuple[int, ...]], np.ndarray]
 Tensor = Any  # a backend's device buffer
 
 
-class UnetBuffers:
-    """The UNet's inputs and output for one request shape: the same addresses every step.
-    graph_id: the CUDA graph captured on them (-1: none)."""
+# the denoiser's conditioning inputs by name (runtime.models.components.DenoiserIO) -> their shapes
+ConditioningShapes = tuple[tuple[str, tuple[int, ...]], ...]
 
-    def __init__(self, device: "Device", sample_shape: tuple[int, ...], text_shape: tuple[int, ...],
+
+class UnetBuffers:
+    """The denoiser's inputs (by name) and output for one request shape: the same addresses
+    every step. graph_id: the CUDA graph captured on them (-1: none)."""
+
+    def __init__(self, device: "Device", sample_shape: tuple[int, ...], conditioning: ConditioningShapes,
                  graph_id: int = -1):
-        self.sample, self.text = device.buffer(sample_shape), device.buffer(text_shape)
-        self.timestep, self.output = device.buffer(sample_shape[:1]), device.buffer(sample_shape)
+        self.inputs = {DENOISER.sample: device.buffer(sample_shape),
+                       DENOISER.timestep: device.buffer(sample_shape[:1]),
+                       **{name: device.buffer(shape) for name, shape in conditioning}}
+        self.output = device.buffer(sample_shape)
         self.graph_id = graph_id
+
+    @property
+    def sample(self) -> Tensor:
+        return self.inputs[DENOISER.sample]
+
+    @property
+    def timestep(self) -> Tensor:
+        return self.inputs[DENOISER.timestep]
 
 
 def unet_buffers_for(device: "Device", kept: dict[tuple, UnetBuffers] | None, sample_shape: tuple[int, ...],
-                     text_shape: tuple[int, ...]) -> UnetBuffers:
+                     conditioning: ConditioningShapes) -> UnetBuffers:
     """New buffers for a request; or, for a backend that captures CUDA graphs (`kept` not None),
     the buffers kept for this request shape, each shape with a graph id of its own."""
     if kept is None:
-        return UnetBuffers(device, sample_shape, text_shape)
-    key = (sample_shape, text_shape)
+        return UnetBuffers(device, sample_shape, conditioning)
+    key = (sample_shape, conditioning)
     if key not in kept:
-        kept[key] = UnetBuffers(device, sample_shape, text_shape, len(kept))
+        kept[key] = UnetBuffers(device, sample_shape, conditioning, len(kept))
     return kept[key]
 
 
@@ -60,7 +75,7 @@ class Device(Protocol):
 
     def to_host(self, tensor: Tensor) -> np.ndarray: ...
 
-    def unet_buffers(self, sample_shape: tuple[int, ...], text_shape: tuple[int, ...]) -> UnetBuffers:
+    def unet_buffers(self, sample_shape: tuple[int, ...], conditioning: ConditioningShapes) -> UnetBuffers:
         """This request's UNet buffers (kept per shape by a backend that captures graphs)."""
 
     def unet_call(self, buffers: UnetBuffers) -> Callable[[], None]:
@@ -70,21 +85,23 @@ class Device(Protocol):
         """A function that runs the step graph on the given inputs and outputs by name."""
 
 
-def run_on_device(device: Device, plan: SamplerPlan, latents: np.ndarray, embeddings: np.ndarray,
+def run_on_device(device: Device, plan: SamplerPlan, latents: np.ndarray, conditioning: dict[str, np.ndarray],
                   guidance_scale: float, copies: int,
                   noise_for_step: NoiseSource) -> Iterator[tuple[int, Callable[[], np.ndarray]]]:
     """Yield (step index, a function that fetches the latents after the step, valid until the
     next step) for each step.
 
-    `latents` are the initial latents times plan.init_noise_sigma; `embeddings` the UNet's text
-    input for all `copies` of the batch (2 with guidance: unconditional first)."""
+    `latents` are the initial latents times plan.init_noise_sigma; `conditioning` the denoiser's
+    other inputs by name (the text embeddings...) for all `copies` of the batch (2 with
+    guidance: unconditional first)."""
     shape = latents.shape
     steps = plan.steps
     unet_shape = (shape[0] * copies, *shape[1:])
-    buffers = device.unet_buffers(unet_shape, embeddings.shape)
+    buffers = device.unet_buffers(unet_shape, tuple((name, value.shape) for name, value in conditioning.items()))
     # Up front: everything the steps read from the host.
     device.copy_to_device(buffers.sample, np.concatenate([np.float32(steps[0].input_scale) * latents] * copies))
-    device.copy_to_device(buffers.text, embeddings)
+    for name, value in conditioning.items():
+        device.copy_to_device(buffers.inputs[name], value)
     device.copy_to_device(buffers.timestep, np.full(unet_shape[:1], steps[0].timestep, np.float32))
     # each step writes the next step's timestep into the UNet's buffer (after the last, the last again)
     timesteps = [device.to_device(np.full(unet_shape[:1], step.timestep, np.float32))

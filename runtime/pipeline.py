@@ -6,6 +6,7 @@ Keyword names follow diffusers' StableDiffusionPipeline so that its users feel a
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import time
 import warnings
@@ -17,12 +18,14 @@ import numpy as np
 
 from ..kernels.image import to_uint8, to_unit_range
 from ..kernels.sampler_step import guide
+from ..models.components import DENOISER, TEXT_ENCODER, VAE_DECODER, VAE_ENCODER
 from .artifact import Artifact, open_artifact
 from .backends import SessionOptions, backend_module, best_backend, default_profile
 from .cache import default_engine_cache
 from .errors import ArtifactError, RequestError
 from .loop import run_plan
 from .lora import PREFIXES, LoraSpec, lora_updates, nothing_matched, pair_count, read_lora
+from .memory import available_memory, estimate_request
 from .module_weights import ModuleWeights
 from .image_input import image_size, nearest_resize, outpaint_canvas, soft_mask, to_mask, to_pixels
 from .noise import INITIAL_LATENTS_STREAM, VAE_SAMPLE_STREAM, gaussian_noise, step_noise_stream
@@ -83,8 +86,10 @@ class StableDiffusionPipeline:
     backend."""
 
     def __init__(self, artifact: Artifact, backend: str = "onnxruntime", options: SessionOptions | None = None,
-                 precision: Precision | None = None):
+                 precision: Precision | None = None, memory_check: bool = True):
         options = options or SessionOptions()
+        # refuse requests whose estimated activations exceed the memory available (runtime/memory.py)
+        self.memory_check = memory_check
         if artifact.family not in ("sd1", "sd2"):
             raise ArtifactError(f"This sdrt runs the sd1 and sd2 families; the artifact is {artifact.family!r}.")
         if options.profile is None:  # shapes for engines built for a range of them (TensorRT)
@@ -133,7 +138,7 @@ class StableDiffusionPipeline:
             artifact.file(entry["files"]["vocab"]).parent, bos_id=entry["bos_id"], eos_id=entry["eos_id"],
             pad_id=entry["pad_id"], max_length=entry["max_length"])
         # Long prompts: as many 77-token chunks as the UNet's text sequence axis takes.
-        text_input = next(t for t in self._unet_component.spec.inputs if t.name == "encoder_hidden_states")
+        text_input = next(t for t in self._unet_component.spec.inputs if t.name == DENOISER.text)
         sequence = text_input.shape[1]
         longest = self._unet_component.spec.axis_ranges.get(sequence, (1, entry["max_length"]))[1] \
             if isinstance(sequence, str) else sequence
@@ -247,7 +252,8 @@ class StableDiffusionPipeline:
         copies = 2 if request.uses_guidance else 1
         device_loop = self._device_loop() if keep_known is None and extra_channels is None else None
         if device_loop is not None:
-            steps = device_loop.run(plan, latents, embeddings, request.guidance_scale, copies, step_noise)
+            steps = device_loop.run(plan, latents, {DENOISER.text: embeddings}, request.guidance_scale, copies,
+                                    step_noise)
         else:
             steps = self._host_loop(request, latents, embeddings, extra_channels, step_noise, keep_known)
         step_times: list[float] = []
@@ -294,7 +300,7 @@ class StableDiffusionPipeline:
         channels = self._unet_component.spec.inputs[0].shape[1]
         sample = np.empty((copies * latents.shape[0], channels, *latents.shape[2:]), dtype=np.float32)
         timestep_feed = np.empty((sample.shape[0],), dtype=np.float32)
-        feeds = {"sample": sample, "timestep": timestep_feed, "encoder_hidden_states": embeddings}
+        feeds = {DENOISER.sample: sample, DENOISER.timestep: timestep_feed, DENOISER.text: embeddings}
         halves = [half[:, :latents.shape[1]] for half in np.split(sample, copies)]
         if extra_channels is not None:
             sample[:, latents.shape[1]:] = extra_channels
@@ -303,7 +309,7 @@ class StableDiffusionPipeline:
             for half in halves:
                 half[...] = scaled
             timestep_feed.fill(timestep)
-            out = self.sessions["denoiser"].run(feeds)["out_sample"]
+            out = self.sessions["denoiser"].run(feeds)[DENOISER.prediction]
             if request.uses_guidance:
                 uncond, cond = np.split(out, 2)
                 return guide(uncond, cond, request.guidance_scale)
@@ -494,16 +500,47 @@ class StableDiffusionPipeline:
                                f"{height}x{width}; try {hint}.")
         if isinstance(per_prompt, bool) or not isinstance(per_prompt, int) or per_prompt < 1:
             raise RequestError(f"num_images_per_prompt must be an integer >= 1, got {per_prompt!r}.")
+        self._check_fits(height, width, len(prompts) * per_prompt * (2 if guidance > 1.0 else 1))
         if output_type not in OUTPUT_TYPES:
             raise RequestError(f"output_type must be one of {', '.join(OUTPUT_TYPES)}, got {output_type!r}.")
         if seed is None:
             seed = int.from_bytes(os.urandom(8), "little") >> 1
-        elif isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64:
+        elif isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**64:
             raise RequestError(f"seed must be an integer in [0, 2**64), got {seed!r}.")
+        seed = int(seed)  # numpy integers too
         pixels = None if image is None else to_pixels(image, height, width)
         mask = None if mask_image is None else to_mask(mask_image, height, width, image_size(image))
         return GenerationRequest(prompts, negatives, steps, guidance, height, width, seed, plan, per_prompt,
                                  output_type, pixels, mask, bool(keep_unmasked), float(mask_blur))
+
+    def _check_fits(self, height: int, width: int, batch: int) -> None:
+        """Refuse a size outside the range the networks were exported for, and (memory_check) a
+        request whose activations, estimated from the network configs, exceed the memory free now."""
+        scale = self.vae_scale_factor
+        ranges = self._unet_component.spec.axis_ranges
+        for axis, side in (("latent_height", height), ("latent_width", width)):
+            low, high = ranges.get(axis, (1, 2**31 - 1))
+            if not low <= side // scale <= high:
+                raise RequestError(f"This model's networks were exported for images of {low * scale} to "
+                                   f"{high * scale} pixels a side; got {width}x{height}.")
+        available = available_memory() if self.memory_check else None
+        if available is None:
+            return
+        configs = {role: self.artifact.component_for_role(role).entry.get("config") or {}
+                   for role in ("denoiser", "vae_decoder")}
+        needed = estimate_request(configs, batch, height, width, scale)
+        if needed is None or needed.bytes <= available:
+            return
+        multiple = self.size_multiple
+        low, high = (side * scale for side in ranges.get("latent_height", (1, height // scale)))
+        fitting = [side for side in range(-(-low // multiple) * multiple, min(high, max(height, width)) + 1, multiple)
+                   if (fit := estimate_request(configs, batch, side, side, scale)) and fit.bytes <= available]
+        advice = (f"the largest square size that fits is about {fitting[-1]}x{fitting[-1]}" if fitting else
+                  "no size fits with this many images at once")
+        raise RequestError(f"A {width}x{height} request needs about {needed.bytes / 2**30:.1f} GiB for the "
+                           f"{needed.network}'s {needed.part} alone ({batch} latents per UNet call; guidance doubles "
+                           f"them), and {available / 2**30:.1f} GiB is free; {advice}. Ask for a smaller size or "
+                           "fewer images, or pass memory_check=False (CLI: --no-memory-check) to try anyway.")
 
     def _encode(self, request: GenerationRequest) -> np.ndarray:
         """Text embeddings for the UNet: [negative..., positive...] when guidance is on."""
@@ -514,7 +551,8 @@ class StableDiffusionPipeline:
         ids, weights = self.tokenizer.weighted(fragments, self.max_prompt_chunks)
         prompts, chunks, length = ids.shape
         # Each 77-token chunk is encoded on its own; the UNet reads the chunks one after another.
-        hidden = self.sessions["text_encoder"].run({"input_ids": ids.reshape(-1, length)})["last_hidden_state"]
+        hidden = self.sessions["text_encoder"].run({TEXT_ENCODER.input_ids: ids.reshape(-1, length)})[
+            TEXT_ENCODER.hidden_states]
         weights = weights.reshape(-1, length)
         emphasized = (weights != 1).any(axis=1)
         if emphasized.any():  # chunks without weights stay exactly as encoded
@@ -534,7 +572,7 @@ class StableDiffusionPipeline:
             compute = "bf16" if self.precisions[decoder] == "bf16" else "fp32"
             self.sessions["vae_encoder"] = self._backend_module.open_session(
                 component, replace(self.options, precision=compute))
-        parameters = self.sessions["vae_encoder"].run({"sample": pixels})["latent_parameters"]
+        parameters = self.sessions["vae_encoder"].run({VAE_ENCODER.image: pixels})[VAE_ENCODER.parameters]
         mean, log_variance = np.split(parameters, 2, axis=1)
         std = np.exp(np.float32(0.5) * np.clip(log_variance, -30.0, 20.0))  # clamped as diffusers does
         sample = mean + std * gaussian_noise(seed, mean.shape, VAE_SAMPLE_STREAM)
@@ -549,7 +587,8 @@ class StableDiffusionPipeline:
         if pipeline.get("vae_shift_factor") is not None:
             scaled = scaled + np.float32(pipeline["vae_shift_factor"])
         # One image at a time keeps the decoder's peak memory independent of the batch.
-        return np.concatenate([self.sessions["vae_decoder"].run({"latent_sample": scaled[i:i + 1]})["sample"]
+        decoder = self.sessions["vae_decoder"]
+        return np.concatenate([decoder.run({VAE_DECODER.latents: scaled[i:i + 1]})[VAE_DECODER.image]
                                for i in range(scaled.shape[0])])
 
 
@@ -577,7 +616,7 @@ def load(artifact: str | os.PathLike, backend: str | None = None, device: str | 
          num_threads: int | None = None, verify_checksums: bool = True,
          engine_cache: str | os.PathLike | bool | None = None,
          device_loop: bool | None = None, cuda_graph: bool = False,
-         static_shapes: bool = True) -> StableDiffusionPipeline:
+         static_shapes: bool = True, memory_check: bool = True) -> StableDiffusionPipeline:
     """Open an sdrt artifact folder on a backend and return a text-to-image pipeline.
 
     backend: "onnxruntime", "openvino" or "tensorrt" (default: openvino where installed, else
@@ -592,7 +631,7 @@ def load(artifact: str | os.PathLike, backend: str | None = None, device: str | 
     skips compilation: True for the user cache ($SDRT_CACHE/engines, default
     ~/.cache/sdrt/engines; skipped when it cannot be created), a folder (created if missing),
     False for none; None (default): the user cache on GPU and NPU devices, none on the CPU, where
-    a cached engine keeps 3.2 GiB more resident at SD 1.5 sizes (see the README);
+    a cached engine keeps more memory resident (docs/backends.md);
     device_loop: run the denoising loop with its tensors on the device (onnxruntime: IOBinding,
     the UNet's output fed to kernels/sampler_step.onnx and its output back to the UNet; latents
     leave the device after the last step, or after each when a callback asks for them); None
@@ -601,7 +640,9 @@ def load(artifact: str | os.PathLike, backend: str | None = None, device: str | 
     per request shape, replayed on every later step and request of that shape);
     static_shapes: openvino: compile each network for the shapes of the request at its first
     call, and again when a request changes them (as optimum-intel's reshape does): faster
-    networks (the SD 1.5 UNet 1.1-1.2x on the CPU); False: one compile, at load, for every shape.
+    networks (benchmarks/README.md); False: one compile, at load, for every shape;
+    memory_check: refuse a request whose activations, estimated from the network configs, need
+    more memory than the system has free (sdrt.runtime.memory), saying what size fits.
     """
     backend = best_backend() if backend is None else backend
     device = device or backend_module(backend).DEFAULT_DEVICE  # a missing package fails here, first
@@ -610,7 +651,7 @@ def load(artifact: str | os.PathLike, backend: str | None = None, device: str | 
     options = SessionOptions(device=device, num_threads=num_threads, engine_cache=_engine_cache_folder(engine_cache),
                              device_loop=device_loop, cuda_graph=cuda_graph, static_shapes=static_shapes)
     return StableDiffusionPipeline(open_artifact(Path(artifact), verify_checksums=verify_checksums), backend, options,
-                                   precision)
+                                   precision, memory_check=memory_check)
 
 
 def _engine_cache_folder(engine_cache: str | os.PathLike | bool) -> str | None:

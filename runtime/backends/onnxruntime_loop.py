@@ -9,7 +9,8 @@ import numpy as np
 import onnxruntime as ort
 
 from ...kernels.step_graph import STEP_GRAPH
-from ..device_loop import NoiseSource, UnetBuffers, run_on_device, unet_buffers_for
+from ...models.components import DENOISER
+from ..device_loop import ConditioningShapes, NoiseSource, UnetBuffers, run_on_device, unet_buffers_for
 from ..samplers import SamplerPlan
 
 
@@ -39,15 +40,14 @@ class OrtDeviceLoop:
     def to_host(self, value: ort.OrtValue) -> np.ndarray:
         return value.numpy().copy()  # (on the CPU, numpy() may view a buffer the loop reuses)
 
-    def unet_buffers(self, sample_shape: tuple[int, ...], text_shape: tuple[int, ...]) -> UnetBuffers:
-        return unet_buffers_for(self, self._kept, sample_shape, text_shape)
+    def unet_buffers(self, sample_shape: tuple[int, ...], conditioning: ConditioningShapes) -> UnetBuffers:
+        return unet_buffers_for(self, self._kept, sample_shape, conditioning)
 
     def unet_call(self, buffers: UnetBuffers) -> Callable[[], None]:
         binding = self._unet.io_binding()
-        binding.bind_ortvalue_input("sample", buffers.sample)
-        binding.bind_ortvalue_input("encoder_hidden_states", buffers.text)
-        binding.bind_ortvalue_input("timestep", buffers.timestep)
-        binding.bind_ortvalue_output("out_sample", buffers.output)
+        for name, value in buffers.inputs.items():
+            binding.bind_ortvalue_input(name, value)
+        binding.bind_ortvalue_output(DENOISER.prediction, buffers.output)
         options = None
         if self._cuda_graphs:  # one captured graph per request shape
             options = ort.RunOptions()
@@ -65,7 +65,7 @@ class OrtDeviceLoop:
             self._step.run_with_iobinding(binding)
         return step
 
-    def run(self, plan: SamplerPlan, latents: np.ndarray, embeddings: np.ndarray, guidance_scale: float,
+    def run(self, plan: SamplerPlan, latents: np.ndarray, conditioning: dict[str, np.ndarray], guidance_scale: float,
             copies: int, noise_for_step: NoiseSource) -> Iterator[tuple[int, Callable[[], np.ndarray]]]:
         """runtime.device_loop.run_on_device on this session's device."""
-        return run_on_device(self, plan, latents, embeddings, guidance_scale, copies, noise_for_step)
+        return run_on_device(self, plan, latents, conditioning, guidance_scale, copies, noise_for_step)

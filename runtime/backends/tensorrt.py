@@ -28,7 +28,8 @@ import tensorrt as trt
 from ...kernels.step_graph import STEP_GRAPH, step_shape_profile
 from ..artifact import Component
 from ..cache import content_key, default_engine_cache, engine_folder, engine_key
-from ..device_loop import NoiseSource, UnetBuffers, run_on_device, unet_buffers_for
+from ...models.components import DENOISER
+from ..device_loop import ConditioningShapes, NoiseSource, UnetBuffers, run_on_device, unet_buffers_for
 from ..errors import BackendUnavailableError, RequestError
 from ..samplers import SamplerPlan
 from . import SessionOptions, cast_feeds
@@ -119,10 +120,10 @@ class TensorRtSession:
     def device_loop(self) -> "TrtDeviceLoop":
         """The denoising loop on this engine's GPU (made once: it holds the step engine)."""
         if self._loop is None:
-            if not self._shapes or "sample" not in self._shapes:
+            if not self._shapes or DENOISER.sample not in self._shapes:
                 raise RequestError("The tensorrt device loop needs the UNet's shape profile; load through "
                                    "sdrt.load, which sets it.")
-            sample = self._shapes["sample"]
+            sample = self._shapes[DENOISER.sample]
             profile = step_shape_profile(sample)
             graph = hashlib.sha256(STEP_GRAPH.read_bytes()).hexdigest()
             plan = self._folder / f"{content_key('sampler_step', (graph,), {**self._settings, 'shapes': profile})}.plan"
@@ -217,17 +218,16 @@ class TrtDeviceLoop:
         _check(self._cuda.cudaStreamSynchronize(self._stream))
         return array
 
-    def unet_buffers(self, sample_shape: tuple[int, ...], text_shape: tuple[int, ...]) -> UnetBuffers:
-        return unet_buffers_for(self, self._kept, sample_shape, text_shape)
+    def unet_buffers(self, sample_shape: tuple[int, ...], conditioning: ConditioningShapes) -> UnetBuffers:
+        return unet_buffers_for(self, self._kept, sample_shape, conditioning)
 
     def unet_call(self, buffers: UnetBuffers):
         session, cuda, stream = self._session, self._cuda, self._stream
         context = session._context
-        for name, tensor in (("sample", buffers.sample), ("timestep", buffers.timestep),
-                             ("encoder_hidden_states", buffers.text)):
+        for name, tensor in buffers.inputs.items():
             context.set_input_shape(name, tensor.shape)
             context.set_tensor_address(name, tensor.pointer)
-        context.set_tensor_address("out_sample", buffers.output.pointer)
+        context.set_tensor_address(DENOISER.prediction, buffers.output.pointer)
 
         def run() -> None:
             if not context.execute_async_v3(stream):
@@ -257,10 +257,10 @@ class TrtDeviceLoop:
                 raise RuntimeError("TensorRT failed to run the sampler step engine.")
         return step
 
-    def run(self, plan: SamplerPlan, latents: np.ndarray, embeddings: np.ndarray, guidance_scale: float,
+    def run(self, plan: SamplerPlan, latents: np.ndarray, conditioning: dict[str, np.ndarray], guidance_scale: float,
             copies: int, noise_for_step: NoiseSource):
         """runtime.device_loop.run_on_device on this engine's GPU."""
-        return run_on_device(self, plan, latents, embeddings, guidance_scale, copies, noise_for_step)
+        return run_on_device(self, plan, latents, conditioning, guidance_scale, copies, noise_for_step)
 
 
 def _build(component: Component, shapes, fp16: bool, refit: bool, timing_cache: Path) -> bytes:

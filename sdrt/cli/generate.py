@@ -1,0 +1,125 @@
+"""`sdrt generate`: text-to-image, image-to-image, inpainting and outpainting from the command line."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ._common import CommandError, engine_arguments, load_pipeline, open_image, parse_size, progress_bar, save_png
+
+# what `sdrt generate` does without --steps and --guidance
+STEPS, GUIDANCE = 20, 7.5
+SIDES = ("left", "right", "top", "bottom")
+
+
+def add_parser(commands, name: str, summary: str) -> None:
+    generate = commands.add_parser(name, help=summary,
+                                   description="Text-to-image on an artifact folder, or on the embedded demo "
+                                               "model (64x64 coloured shapes) without --artifact.")
+    generate.add_argument("prompt", help="what the image should show")
+    generate.add_argument("--negative", default=None, help="what the image should not show (negative prompt)")
+    engine_arguments(generate, STEPS, GUIDANCE)
+    generate.add_argument("--seed", type=int, default=None,
+                          help="seed of sdrt's portable noise generator; the same seed gives the same image on "
+                               "every backend (default: random, printed)")
+    generate.add_argument("--size", default=None,
+                          help="WIDTHxHEIGHT in pixels, multiples of the model's size step (`sdrt info` shows it; "
+                               "default: the model's size)")
+    generate.add_argument("--image", default=None, type=Path,
+                          help="image-to-image: start from this picture (PNG, JPEG, ...); the size defaults to "
+                               "its own, rounded down to the model's size step")
+    generate.add_argument("--strength", type=float, default=None,
+                          help="with --image: how much to change it, 0 (keep) to 1 (start from noise); the last "
+                               "int(steps x strength) steps run (default 0.8; 1.0 with --mask or --outpaint, as "
+                               "diffusers)")
+    generate.add_argument("--mask", default=None, type=Path,
+                          help="with --image: inpaint, repainting where this mask image is white")
+    generate.add_argument("--outpaint", default=None, metavar="SIDE=PX,...",
+                          help="with --image: extend it, e.g. left=128,right=128 (sides: left, right, top, bottom)")
+    generate.add_argument("--mask-blur", type=float, default=0.0,
+                          help="with --mask or --outpaint: soften the seam where the input's pixels are put back "
+                               "(a Gaussian's sigma in pixels; default 0, a hard edge)")
+    generate.add_argument("--embedding", action="append", default=[], metavar="FILE[:WORD]",
+                          help="a textual-inversion embedding (.safetensors) to use in the prompt by its word (the "
+                               "file's tensor name, or its file name for AUTOMATIC1111 files; :WORD names it); "
+                               "repeat for several")
+    generate.add_argument("--lora", action="append", default=[], metavar="FILE[:STRENGTH]",
+                          help="apply a LoRA (.safetensors; kohya/A1111 or diffusers/PEFT keys) to the UNet and text "
+                               "encoder at STRENGTH (default 1.0), in memory, without re-exporting; repeat for "
+                               "several (fp32 and fp16 networks; `sdrt export --lora` merges one for good)")
+    generate.add_argument("--watermark", action="store_true",
+                          help="mark the images invisibly as Stable Diffusion's own scripts did (the "
+                               "invisible-watermark package's dwtDct, payload StableDiffusionV1); 256x256 or more")
+    generate.add_argument("-n", "--num-images", type=int, default=1, help="images to generate (default 1)")
+    generate.add_argument("-o", "--output", default="sdrt.png",
+                          help="PNG file to write; with -n > 1, NAME-1.png, NAME-2.png, ... (default sdrt.png)")
+
+
+def run(args, argv: list[str]) -> int:
+    from sdrt.runtime.image_input import outpaint_canvas
+    from sdrt.runtime.lora import LoraSpec
+
+    output = Path(args.output).expanduser()
+    if not output.parent.is_dir():
+        raise CommandError(f"The folder {output.parent} for the output image does not exist; create it or choose "
+                           "another --output.")
+    if output.suffix.lower() != ".png":
+        raise CommandError(f"--output must be a .png file, got {output.name}.")
+    width, height = parse_size(args.size) if args.size else (None, None)
+    image = open_image(args.image, "--image") if args.image is not None else None
+    mask = open_image(args.mask, "--mask") if args.mask is not None else None
+    if image is None and (mask is not None or args.outpaint):
+        raise CommandError("--mask and --outpaint work on an input image: add --image PATH.")
+    if mask is not None and args.outpaint:
+        raise CommandError("Choose --mask (inpaint inside the image) or --outpaint (extend it), not both.")
+    sides = _parse_sides(args.outpaint) if args.outpaint else None
+    pipe = load_pipeline(args)
+    for embedding in args.embedding:
+        path, colon, word = embedding.rpartition(":")
+        if not colon or not path or "/" in word or "\\" in word:  # FILE alone (a colon in its path)
+            path, word = embedding, None
+        pipe.load_textual_inversion(path, token=word)
+    if args.lora:
+        pipe.load_loras([(spec.path, spec.strength) for spec in map(LoraSpec.parse, args.lora)])
+    if sides:
+        image, mask = outpaint_canvas(image, **sides, multiple=pipe.size_multiple)
+    strength = args.strength if args.strength is not None else 1.0 if mask is not None else 0.8
+    steps = len(pipe.plan(args.steps, args.scheduler, strength if image is not None else None).steps) \
+        if args.steps >= 1 else 0
+    bar = progress_bar(steps, "step") if steps else None
+
+    def on_step(index: int, timestep: float, latents) -> None:
+        if bar is not None:
+            bar.update(1)
+
+    try:
+        inpainting = {"mask_image": mask, "mask_blur": args.mask_blur} if mask is not None else {}
+        result = pipe(args.prompt, args.negative, image=image, strength=strength, **inpainting,
+                      num_inference_steps=args.steps, guidance_scale=args.guidance,
+                      height=height, width=width, seed=args.seed, scheduler=args.scheduler,
+                      num_images_per_prompt=args.num_images, watermark=args.watermark, callback=on_step)
+    finally:
+        if bar is not None:
+            bar.close()
+    paths = [output] if len(result.images) == 1 else [
+        output.with_name(f"{output.stem}-{i + 1}{output.suffix}") for i in range(len(result.images))]
+    for picture, path in zip(result.images, paths):
+        save_png(picture, path)
+    steps = result.timings["steps"]
+    per_step = sum(steps) / len(steps) if steps else 0.0
+    encode = f"  encode {result.timings['vae_encoder']:.2f}s" if "vae_encoder" in result.timings else ""
+    print(f"wrote {', '.join(str(p) for p in paths)}  {pipe.backend}  seed {result.seed}  "
+          f"sampler {result.plan.sampler}  text {result.timings['text_encoder']:.2f}s{encode}  "
+          f"{len(steps)} steps {per_step:.3f}s/step  vae {result.timings['vae_decoder']:.2f}s  "
+          f"total {result.timings['total']:.2f}s")
+    return 0
+
+
+def _parse_sides(text: str) -> dict[str, int]:
+    sides = {}
+    for part in text.split(","):
+        name, _, value = part.partition("=")
+        name = name.strip()
+        if name not in SIDES or not value.strip().isdigit() or name in sides:
+            raise CommandError(f"--outpaint takes SIDE=PIXELS pairs, each side once, e.g. left=128,right=64 (sides: "
+                               f"left, right, top, bottom); got {text!r}.")
+        sides[name] = int(value)
+    return sides
