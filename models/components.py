@@ -50,6 +50,13 @@ class ComponentSpec:
     def output_names(self) -> list[str]:
         return [t.name for t in self.outputs]
 
+    def tensor(self, name: str) -> TensorSpec:
+        """The input or output called `name`."""
+        for tensor in (*self.inputs, *self.outputs):
+            if tensor.name == name:
+                return tensor
+        raise KeyError(f"The {self.name} has no input or output {name!r}.")
+
     def shape_profile(self, sizes: dict[str, int], ranges: dict[str, tuple[int, int]] | None = None
                       ) -> dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]:
         """TensorRT-style (min, opt, max) shapes of every input: `sizes` gives each symbolic axis's

@@ -116,7 +116,7 @@ class _Linear:
 
 def default_sampler(scheduler_config: dict) -> str:
     """The sampler that reproduces a checkpoint's own diffusers scheduler (pndm when unknown)."""
-    sampler = _SAMPLER_OF_CLASS.get(scheduler_config.get("_class_name"), "pndm")
+    sampler = _SAMPLER_OF_CLASS.get(scheduler_config.get("_class_name", ""), "pndm")
     if sampler == "dpmpp_2m" and scheduler_config.get("use_karras_sigmas"):
         sampler = "dpmpp_2m_karras"
     return sampler
@@ -128,22 +128,25 @@ def compile_plan(sampler: str, scheduler_config: dict, num_inference_steps: int)
 
 
 def compile_img2img_plan(sampler: str, scheduler_config: dict, num_inference_steps: int,
-                         strength: float) -> SamplerPlan:
+                         strength: float, from_noise: bool = False) -> SamplerPlan:
     """The plan of image-to-image (SDEdit, Meng et al. 2022) as diffusers' img2img pipelines run it:
     of the `num_inference_steps`-step schedule, the last int(num_inference_steps * strength)
     steps, starting from the image's latents noised to the first of them (the scheduler's
     add_noise); multistep samplers start their history afresh there. Strength 0 leaves no step
-    and no noise: the image's latents come back as they are."""
+    and no noise: the image's latents come back as they are. `from_noise`: start from pure
+    noise scaled as text-to-image does, keeping the add_noise weights of every step (diffusers'
+    inpainting at strength 1, is_strength_max)."""
     if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0.0 <= strength <= 1.0:
         raise RequestError(f"strength must be a number in [0, 1], got {strength!r}.")
     if isinstance(num_inference_steps, int) and not isinstance(num_inference_steps, bool):
         # pipeline_stable_diffusion_img2img.py, get_timesteps
         kept = min(int(num_inference_steps * strength), num_inference_steps)
-        return _compile(sampler, scheduler_config, num_inference_steps, num_inference_steps - kept)
+        return _compile(sampler, scheduler_config, num_inference_steps, num_inference_steps - kept, from_noise)
     return _compile(sampler, scheduler_config, num_inference_steps, 0)  # refuses the step count
 
 
-def _compile(sampler: str, scheduler_config: dict, num_inference_steps: int, start: int | None) -> SamplerPlan:
+def _compile(sampler: str, scheduler_config: dict, num_inference_steps: int, start: int | None,
+             from_noise: bool = False) -> SamplerPlan:
     """start None: text-to-image; else image-to-image from that index of the schedule."""
     if sampler not in SAMPLERS:
         raise RequestError(f"Unknown scheduler {sampler!r}; choose one of: {', '.join(SAMPLERS)}.")
@@ -179,7 +182,7 @@ def _compile(sampler: str, scheduler_config: dict, num_inference_steps: int, sta
     if start is None:
         return SamplerPlan(sampler, init_noise_sigma, tuple(steps))
     # image-to-image starts from the image's latents noised to the first step it runs (no steps: no noise)
-    image_weight, noise_weight = noising[0] if steps else (1.0, 0.0)
+    image_weight, noise_weight = (0.0, init_noise_sigma) if from_noise else noising[0] if steps else (1.0, 0.0)
     return SamplerPlan(sampler, noise_weight, tuple(steps), image_weight, tuple(noising))
 
 

@@ -18,7 +18,7 @@ from sdrt.models.demo import demo_artifact
 from sdrt.runtime.artifact import Artifact, open_artifact
 from sdrt.runtime.backends import available_backends
 from sdrt.runtime.errors import ArtifactError, BackendUnavailableError, RequestError, SdrtError
-from sdrt.runtime.pipeline import GenerationResult, StableDiffusionPipeline, load
+from sdrt.runtime.pipeline import GenerationRequest, GenerationResult, StableDiffusionPipeline, load
 from sdrt.runtime.samplers import SAMPLERS
 
 try:
@@ -35,7 +35,8 @@ def export_checkpoint(source, output, **options):
 
 
 __all__ = [
-    "Artifact", "ArtifactError", "BackendUnavailableError", "GenerationResult", "RequestError", "SAMPLERS",
+    "Artifact", "ArtifactError", "BackendUnavailableError", "GenerationRequest", "GenerationResult", "RequestError",
+    "SAMPLERS",
     "SdrtError", "StableDiffusionPipeline", "available_backends", "demo_artifact", "export_checkpoint", "load",
     "open_artifact",
 ]

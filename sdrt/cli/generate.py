@@ -81,21 +81,19 @@ def run(args, argv: list[str]) -> int:
         pipe.load_loras([(spec.path, spec.strength) for spec in map(LoraSpec.parse, args.lora)])
     if sides:
         image, mask = outpaint_canvas(image, **sides, multiple=pipe.size_multiple)
-    strength = args.strength if args.strength is not None else 1.0 if mask is not None else 0.8
-    steps = len(pipe.plan(args.steps, args.scheduler, strength if image is not None else None).steps) \
-        if args.steps >= 1 else 0
-    bar = progress_bar(steps, "step") if steps else None
+    inpainting = {"mask_image": mask, "mask_blur": args.mask_blur} if mask is not None else {}
+    request = pipe.request(args.prompt, args.negative, image=image, strength=args.strength, **inpainting,
+                           num_inference_steps=args.steps, guidance_scale=args.guidance, height=height, width=width,
+                           seed=args.seed, scheduler=args.scheduler, num_images_per_prompt=args.num_images,
+                           watermark=args.watermark)
+    bar = progress_bar(len(request.plan.steps), "step") if request.plan.steps else None
 
     def on_step(index: int, timestep: float, latents) -> None:
         if bar is not None:
             bar.update(1)
 
     try:
-        inpainting = {"mask_image": mask, "mask_blur": args.mask_blur} if mask is not None else {}
-        result = pipe(args.prompt, args.negative, image=image, strength=strength, **inpainting,
-                      num_inference_steps=args.steps, guidance_scale=args.guidance,
-                      height=height, width=width, seed=args.seed, scheduler=args.scheduler,
-                      num_images_per_prompt=args.num_images, watermark=args.watermark, callback=on_step)
+        result = pipe.run(request, callback=on_step)
     finally:
         if bar is not None:
             bar.close()
@@ -104,6 +102,7 @@ def run(args, argv: list[str]) -> int:
     for picture, path in zip(result.images, paths):
         save_png(picture, path)
     steps = result.timings["steps"]
+    assert isinstance(steps, list)  # one time per step (the other timings are floats)
     per_step = sum(steps) / len(steps) if steps else 0.0
     encode = f"  encode {result.timings['vae_encoder']:.2f}s" if "vae_encoder" in result.timings else ""
     print(f"wrote {', '.join(str(p) for p in paths)}  {pipe.backend}  seed {result.seed}  "

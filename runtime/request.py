@@ -1,0 +1,142 @@
+"""One generation request, validated where it enters: what `pipe(...)` was asked, as plain data.
+
+The pipeline builds a GenerationRequest from its keyword arguments (StableDiffusionPipeline.request)
+and runs it through named stages; every argument is checked here, before any network runs, with
+a sentence that says what to change.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import RequestError
+from .samplers import SamplerPlan
+
+OUTPUT_TYPES = ("pil", "np", "latent")
+# how the starting latents are made: from noise, from an image, from an image and a mask
+TASKS = ("txt2img", "img2img", "inpaint")
+
+
+@dataclass(frozen=True)
+class ImageInput:
+    """Image-to-image and inpainting: the input image, and where to repaint it."""
+
+    pixels: np.ndarray  # (1, 3, height, width) in [-1, 1]
+    mask: np.ndarray | None = None  # inpainting: (1, 1, height, width), 1 where to repaint
+    keep_unmasked: bool = True  # inpainting: put the input's pixels back outside the mask
+    mask_blur: float = 0.0  # inpainting: the seam's softness (Gaussian sigma, pixels)
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """A validated request; built by StableDiffusionPipeline.request."""
+
+    task: str  # one of TASKS
+    prompts: tuple[str, ...]
+    negative_prompts: tuple[str, ...]
+    num_inference_steps: int
+    guidance_scale: float
+    height: int
+    width: int
+    seed: int
+    plan: SamplerPlan  # compiled once, from the sampler name, step count and strength
+    num_images_per_prompt: int
+    output_type: str
+    latents: np.ndarray | None = None  # the caller's standard-normal initial latents
+    image: ImageInput | None = None
+    watermark: bool = False
+
+    @property
+    def batch_size(self) -> int:
+        return len(self.prompts) * self.num_images_per_prompt
+
+    @property
+    def uses_guidance(self) -> bool:
+        # As diffusers: guidance_scale <= 1 skips the unconditional branch.
+        return self.guidance_scale > 1.0
+
+    @property
+    def copies(self) -> int:
+        """How many times the latents go into each denoiser call: unconditional and conditional."""
+        return 2 if self.uses_guidance else 1
+
+
+def prompt_lists(prompt, negative_prompt) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(prompts, one negative prompt each)."""
+    prompts = (prompt,) if isinstance(prompt, str) else tuple(prompt)
+    if not prompts or not all(isinstance(p, str) for p in prompts):
+        raise RequestError("prompt must be a string or a non-empty list of strings.")
+    if negative_prompt is None:
+        return prompts, ("",) * len(prompts)
+    if isinstance(negative_prompt, str):
+        return prompts, (negative_prompt,) * len(prompts)
+    negatives = tuple(negative_prompt)
+    if len(negatives) != len(prompts):
+        raise RequestError(f"negative_prompt has {len(negatives)} entries for {len(prompts)} prompts; "
+                           "give one per prompt or a single string.")
+    return prompts, negatives
+
+
+def mask_blur_value(mask_blur) -> float:
+    if not isinstance(mask_blur, (int, float)) or isinstance(mask_blur, bool) or not 0 <= mask_blur <= 64:
+        raise RequestError(f"mask_blur must be a number of pixels in [0, 64], got {mask_blur!r}.")
+    return float(mask_blur)
+
+
+def guidance_value(guidance) -> float:
+    try:
+        value = float(guidance)
+    except (TypeError, ValueError):
+        raise RequestError(f"guidance_scale must be a number >= 0, got {guidance!r}.") from None
+    if math.isnan(value) or math.isinf(value) or value < 0:
+        raise RequestError(f"guidance_scale must be a finite number >= 0, got {guidance!r}.")
+    return value
+
+
+def size_value(height, width, multiple: int) -> tuple[int, int]:
+    for name, value in (("height", height), ("width", width)):
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise RequestError(f"{name} must be a positive integer, got {value!r}.")
+    if height % multiple or width % multiple:
+        hint = f"{_round_to(height, multiple)}x{_round_to(width, multiple)}"
+        raise RequestError(f"height and width must be multiples of {multiple} for this model, got "
+                           f"{height}x{width}; try {hint}.")
+    return height, width
+
+
+def images_per_prompt_value(per_prompt) -> int:
+    if isinstance(per_prompt, bool) or not isinstance(per_prompt, int) or per_prompt < 1:
+        raise RequestError(f"num_images_per_prompt must be an integer >= 1, got {per_prompt!r}.")
+    return per_prompt
+
+
+def output_type_value(output_type) -> str:
+    if output_type not in OUTPUT_TYPES:
+        raise RequestError(f"output_type must be one of {', '.join(OUTPUT_TYPES)}, got {output_type!r}.")
+    return output_type
+
+
+def seed_value(seed) -> int:
+    """The seed as an int (numpy integers too); a fresh random one for None."""
+    if seed is None:
+        return int.from_bytes(os.urandom(8), "little") >> 1
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= int(seed) < 2**64:
+        raise RequestError(f"seed must be an integer in [0, 2**64), got {seed!r}.")
+    return int(seed)
+
+
+def latents_value(latents, shape: tuple[int, ...]) -> np.ndarray | None:
+    if latents is None:
+        return None
+    latents = np.asarray(latents, dtype=np.float32)
+    if latents.shape != shape:
+        raise RequestError(f"latents must have shape {shape} for this request, got {latents.shape}.")
+    return latents
+
+
+def _round_to(value: int, multiple: int) -> int:
+    return max(multiple, int(round(value / multiple)) * multiple)
