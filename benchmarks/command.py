@@ -9,9 +9,9 @@ import sys
 from pathlib import Path
 
 from ..runtime.backends import BACKENDS, available_backends, backend_module
+from ..runtime.cache import user_cache
 from ..runtime.precisions import PRECISION_NAMES
 from ..runtime.samplers import SAMPLERS
-from ..runtime.cache import user_cache
 from .builtin import BUILTIN_MODELS, builtin_model
 from .harness import BenchmarkError, Engine, Settings, run_engines, sdrt_engine
 from .peers import PEERS, parse_compare, peer_engines, peer_python

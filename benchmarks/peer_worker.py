@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 
-
 def _sibling(name: str):
     """benchmarks/<name>.py, loaded from its file (this script runs outside the sdrt package)."""
     spec = importlib.util.spec_from_file_location(f"sdrt_bench_{name}", Path(__file__).with_name(f"{name}.py"))

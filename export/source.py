@@ -137,9 +137,9 @@ def _from_single_file(path: Path, work_dir: Path | None, config: str, *, allow_p
 
 def write_config_folder(folder: Path, config: dict) -> None:
     """The config files (no weights) of a diffusers SD folder, plus the CLIP tokenizer."""
-    from ..models.clip_vocab import write_clip_tokenizer
-
     from diffusers import __version__ as diffusers_version
+
+    from ..models.clip_vocab import write_clip_tokenizer
 
     inpainting = config["unet"]["in_channels"] == 9
     index = {

@@ -198,8 +198,14 @@ def _qdq_int8(source: Path, folder: Path, calibration: Calibration | None) -> di
     import tempfile
 
     import onnx
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
-                                          quantize_dynamic, quantize_static)
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_dynamic,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     external = source.stat().st_size + sum(p.stat().st_size for p in source.parent.glob("*.data")) \

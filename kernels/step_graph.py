@@ -19,8 +19,15 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from .sampler_step import COEFFICIENTS, GUIDANCE, LATENT_WEIGHTS, MAX_HISTORY, NEXT_INPUT_SCALE, NOISE_WEIGHT, \
-    OUTPUT_WEIGHTS
+from .sampler_step import (
+    COEFFICIENTS,
+    GUIDANCE,
+    LATENT_WEIGHTS,
+    MAX_HISTORY,
+    NEXT_INPUT_SCALE,
+    NOISE_WEIGHT,
+    OUTPUT_WEIGHTS,
+)
 
 STEP_GRAPH = Path(__file__).with_name("sampler_step.onnx")
 OPSET = 18

@@ -67,22 +67,27 @@ def unet_buffers_for(device: "Device", kept: dict[tuple, UnetBuffers] | None, sa
 class Device(Protocol):
     def buffer(self, shape: tuple[int, ...]) -> Tensor:
         """float32 device memory, allocated without a transfer."""
+        ...
 
     def to_device(self, array: np.ndarray) -> Tensor: ...
 
     def copy_to_device(self, tensor: Tensor, array: np.ndarray) -> None:
         """`array` into memory already allocated (its address unchanged)."""
+        ...
 
     def to_host(self, tensor: Tensor) -> np.ndarray: ...
 
     def unet_buffers(self, sample_shape: tuple[int, ...], conditioning: ConditioningShapes) -> UnetBuffers:
         """This request's UNet buffers (kept per shape by a backend that captures graphs)."""
+        ...
 
     def unet_call(self, buffers: UnetBuffers) -> Callable[[], None]:
         """A function that runs the UNet once on `buffers` (bound once, here)."""
+        ...
 
     def step_call(self) -> Callable[[dict[str, Tensor], dict[str, Tensor]], None]:
         """A function that runs the step graph on the given inputs and outputs by name."""
+        ...
 
 
 def run_on_device(device: Device, plan: SamplerPlan, latents: np.ndarray, conditioning: dict[str, np.ndarray],

@@ -33,7 +33,7 @@ def _from_pil(image, mode: str, height: int, width: int) -> np.ndarray:
 
     image = image.convert(mode)
     if image.size != (width, height):
-        image = image.resize((width, height), Image.LANCZOS)
+        image = image.resize((width, height), Image.Resampling.LANCZOS)
     return np.asarray(image, dtype=np.float32) / np.float32(255)
 
 
@@ -111,8 +111,9 @@ def soft_mask(mask: np.ndarray, sigma: float) -> np.ndarray:
     taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
     taps /= taps.sum()
     padded = np.pad(mask, radius, mode="symmetric")
-    rows = sum(w * padded[i:i + mask.shape[0]] for i, w in enumerate(taps))
-    return sum(w * rows[:, i:i + mask.shape[1]] for i, w in enumerate(taps)).astype(np.float32)
+    # (sum() starts from 0, so its type is int | array: np.asarray says it is an array, as taps is never empty)
+    rows = np.asarray(sum(w * padded[i:i + mask.shape[0]] for i, w in enumerate(taps)))
+    return np.asarray(sum(w * rows[:, i:i + mask.shape[1]] for i, w in enumerate(taps))).astype(np.float32)
 
 
 def outpaint_canvas(image, left: int = 0, right: int = 0, top: int = 0, bottom: int = 0, multiple: int = 8):

@@ -49,7 +49,7 @@ def _fields(buf, start: int, end: int) -> Iterator[tuple[int, int, int]]:
     """(field number, start, end) of each length-delimited field in buf[start:end]."""
     for field, wire, value in _any_fields(buf, start, end):
         if wire == 2:
-            yield field, *value
+            yield field, *_span(value)
 
 
 def _entry(buf, start: int, end: int) -> tuple[str, str]:
@@ -90,7 +90,7 @@ _DIMS, _DATA_TYPE, _FLOAT_DATA, _NAME, _RAW_DATA, _DATA_LOCATION = 1, 2, 4, 8, 9
 _DTYPES = {1: "<f4", 10: "<f2", 11: "<f8"}
 
 
-def _any_fields(buf, start: int, end: int) -> Iterator[tuple[int, int, object]]:
+def _any_fields(buf, start: int, end: int) -> Iterator[tuple[int, int, int | tuple[int, int]]]:
     """(field number, wire type, value) of every field: an int for varints, (start, end) else."""
     pos = start
     while pos < end:
@@ -113,6 +113,20 @@ def _any_fields(buf, start: int, end: int) -> Iterator[tuple[int, int, object]]:
             raise ProtobufError(f"unsupported wire type {wire}")
     if pos != end:
         raise ProtobufError("message ends mid-field")
+
+
+def _number(value: int | tuple[int, int]) -> int:
+    """A varint field's value; another wire type there (onnx.proto3 has a varint) is a malformed file."""
+    if not isinstance(value, int):
+        raise ProtobufError("a length-delimited or fixed-size field where a varint belongs")
+    return value
+
+
+def _span(value: int | tuple[int, int]) -> tuple[int, int]:
+    """A length-delimited (or fixed-size) field's (start, end); a varint there is a malformed file."""
+    if isinstance(value, int):
+        raise ProtobufError("a varint field where a length-delimited one belongs")
+    return value
 
 
 @dataclass(frozen=True)
@@ -148,23 +162,26 @@ def initializers(path: Path) -> dict[str, Initializer]:
 
 
 def _initializer(buf, start: int, end: int) -> Initializer:
-    dims, element_type, name, raw, external = [], 0, "", None, {}
-    for number, wire, value in _any_fields(buf, start, end):
-        if number == _DIMS and wire == 0:
-            dims.append(value)
-        elif number == _DIMS:  # packed
-            pos, stop = value
-            while pos < stop:
-                dim, pos = _varint(buf, pos)
-                dims.append(dim)
+    dims: list[int] = []
+    element_type, name, raw, external = 0, "", None, {}
+    for number, _, value in _any_fields(buf, start, end):
+        if number == _DIMS:
+            if isinstance(value, int):  # a varint: one dim
+                dims.append(value)
+            else:  # packed
+                pos, stop = value
+                while pos < stop:
+                    dim, pos = _varint(buf, pos)
+                    dims.append(dim)
         elif number == _DATA_TYPE:
-            element_type = value
+            element_type = _number(value)
         elif number == _NAME:
-            name = bytes(buf[value[0]:value[1]]).decode("utf-8")
+            name_start, name_end = _span(value)
+            name = bytes(buf[name_start:name_end]).decode("utf-8")
         elif number in (_RAW_DATA, _FLOAT_DATA):
-            raw = value
+            raw = _span(value)
         elif number == _TENSOR_EXTERNAL_DATA:
-            key, entry = _entry(buf, *value)
+            key, entry = _entry(buf, *_span(value))
             external[key] = entry
     return Initializer(name, tuple(dims), element_type, raw, external.get("location"),
                        int(external.get("offset", 0)))
@@ -242,7 +259,7 @@ def with_external_weights(path: Path, weights: dict, location: str) -> tuple[byt
     bytes). The file need not exist: ONNX Runtime takes it from memory, and replaces those
     initializers before it optimizes the graph (unlike initializers added to a session)."""
     data = bytearray()
-    tensors = {}
+    tensors: dict[str, tuple] = {}  # name -> (array, offset in data)
     for name, array in weights.items():
         offset = len(data)
         data += array.tobytes()
@@ -286,5 +303,6 @@ def with_external_weights(path: Path, weights: dict, location: str) -> tuple[byt
 def _tensor_name(buf, start: int, end: int) -> str:
     for number, wire, value in _any_fields(buf, start, end):
         if number == _NAME and wire == 2:
-            return bytes(buf[value[0]:value[1]]).decode("utf-8")
+            name_start, name_end = _span(value)
+            return bytes(buf[name_start:name_end]).decode("utf-8")
     return ""

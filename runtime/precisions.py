@@ -37,7 +37,7 @@ def resolve_precisions(artifact: Artifact, precision: Precision, backend: str | 
         if value not in PRECISION_NAMES:
             raise RequestError(f"Unknown precision {value!r}; choose one of: {', '.join(PRECISION_NAMES)}.")
     kind = (device or "").partition(":")[0]
-    forms = BACKEND_FORMS.get(f"{backend}/{kind}", BACKEND_FORMS.get(backend, {}))
+    forms = BACKEND_FORMS.get(f"{backend}/{kind}", BACKEND_FORMS.get(backend or "", {}))
 
     def form(name: str, value: str) -> str | None:
         """The first of the backend's forms of `value` that the network stores, if any."""
@@ -45,7 +45,7 @@ def resolve_precisions(artifact: Artifact, precision: Precision, backend: str | 
         return next((own for own in forms.get(value, ()) if own in stored), None)
 
     if isinstance(precision, str) and any(form(name, precision) for name in names):
-        precision = {name: form(name, precision) for name in names if form(name, precision)}
+        precision = {name: own for name in names if (own := form(name, precision))}
     elif isinstance(precision, dict):
         precision = {name: (form(name, value) or value) if name in names and value not in COMPUTE_PRECISIONS
                      else value for name, value in precision.items()}

@@ -8,6 +8,7 @@ the diffusers layout ({"<word>": (vectors, width) or (width,)}) and AUTOMATIC111
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ from .safetensors_reader import read_safetensors
 TOKEN_EMBEDDING = "embeddings.token_embedding.weight"
 
 
-def load_embedding(path: str | Path, width: int, token: str | None = None) -> tuple[str, np.ndarray]:
+def load_embedding(path: str | os.PathLike, width: int, token: str | None = None) -> tuple[str, np.ndarray]:
     """(word, vectors of shape (count, width)) from an embedding file."""
     path = Path(path).expanduser()
     if not path.is_file():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,7 @@ _PATTERN = regex.compile(
 
 
 class ClipTokenizer:
-    def __init__(self, vocab: dict[str, int], merges: list[tuple[str, str]], *, bos_id: int, eos_id: int,
+    def __init__(self, vocab: dict[str, int], merges: Sequence[tuple[str, ...]], *, bos_id: int, eos_id: int,
                  pad_id: int, max_length: int = 77):
         self.encoder = vocab
         self.bpe_ranks = {pair: rank for rank, pair in enumerate(merges)}

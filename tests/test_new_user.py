@@ -13,7 +13,6 @@ import sdrt
 from sdrt.cli import main
 from sdrt.runtime import pipeline as pipeline_module
 from sdrt.runtime.errors import RequestError
-
 from test_no_torch import run_blocked
 
 

@@ -2,9 +2,6 @@
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-diffusers = pytest.importorskip("diffusers")
-
 # sdrt sampler -> the diffusers scheduler (and config overrides) it must reproduce; `sdrt bench`
 # gives the peers the same table, so this test also checks that they run the same sampler.
 from sdrt.benchmarks.peer_worker import SCHEDULERS as ORACLES
@@ -12,6 +9,9 @@ from sdrt.models.configs import SD1_SCHEDULER
 from sdrt.runtime.errors import RequestError
 from sdrt.runtime.loop import run_plan
 from sdrt.runtime.samplers import SAMPLERS, SamplerPlan, compile_img2img_plan, compile_plan
+
+torch = pytest.importorskip("torch")
+diffusers = pytest.importorskip("diffusers")
 
 CONFIGS = {
     "sd15": dict(SD1_SCHEDULER),

@@ -9,8 +9,16 @@ import textwrap
 import numpy as np
 import pytest
 
-from sdrt.kernels.sampler_step import (COEFFICIENTS, LATENT_WEIGHTS, MAX_HISTORY, NEXT_INPUT_SCALE, OUTPUT_WEIGHTS,
-                                       fused_step, guide, step_coefficients)
+from sdrt.kernels.sampler_step import (
+    COEFFICIENTS,
+    LATENT_WEIGHTS,
+    MAX_HISTORY,
+    NEXT_INPUT_SCALE,
+    OUTPUT_WEIGHTS,
+    fused_step,
+    guide,
+    step_coefficients,
+)
 from sdrt.kernels.step_graph import LATENT_INPUTS, OUTPUT_INPUTS, STEP_GRAPH
 from sdrt.runtime.loop import run_plan
 from sdrt.runtime.samplers import SAMPLERS, compile_plan

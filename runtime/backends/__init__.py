@@ -78,6 +78,7 @@ class Session(Protocol):
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run once on host arrays; return every output by name."""
+        ...
 
     # Optional, for a denoiser: device_loop() -> an object whose run(plan, latents, embeddings,
     # guidance_scale, copies, noise_for_step) yields (step index, fetch latents) as the loop

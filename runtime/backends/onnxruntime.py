@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import mmap
+from collections.abc import Mapping
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import onnxruntime as ort
@@ -83,7 +85,8 @@ class OnnxRuntimeSession:
             options = ort.RunOptions()
             options.add_run_config_entry("gpu_graph_id", "-1")
         outputs = self._session.run(self.output_names, cast_feeds(feeds, self._dtypes), options)
-        return dict(zip(self.output_names, outputs))
+        # (run's type allows sparse tensors, sequences and maps; sdrt's networks output dense tensors)
+        return dict(zip(self.output_names, cast(list[np.ndarray], outputs)))
 
     def device_loop(self) -> OrtDeviceLoop:
         """The denoising loop on this UNet session's device, through IOBinding (made once: it
@@ -95,7 +98,7 @@ class OnnxRuntimeSession:
 
 
 @contextlib.contextmanager
-def _replaced_weights(settings: ort.SessionOptions, path: Path, weights: dict[str, np.ndarray]):
+def _replaced_weights(settings: ort.SessionOptions, path: Path, weights: Mapping[str, np.ndarray]):
     """The model to load (its path, or its bytes) with `weights` in place of the initializers of
     those names, set up in `settings`; what ONNX Runtime reads stays alive until it has loaded.
 
@@ -123,7 +126,7 @@ def _replaced_weights(settings: ort.SessionOptions, path: Path, weights: dict[st
     # sdrt's exports keep a network's weights all inside the .onnx file or all outside).
     model, data = with_external_weights(path, rest, REPLACED_WEIGHTS)
     with contextlib.ExitStack() as stack:
-        files = {REPLACED_WEIGHTS: data}
+        files: dict[str, bytes | bytearray | mmap.mmap] = {REPLACED_WEIGHTS: data}
         for location in sorted({tensor.location for tensor in stored.values() if tensor.location}):
             handle = stack.enter_context(open(path.parent / location, "rb"))
             files[location] = stack.enter_context(mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ))

@@ -3,7 +3,7 @@ in the session's device memory, the UNet and kernels/sampler_step.onnx run throu
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import onnxruntime as ort
@@ -19,7 +19,7 @@ class OrtDeviceLoop:
     are then kept per request shape (each shape its own graph, by `gpu_graph_id`), so that a
     later request of that shape replays the graph on the addresses it was captured with."""
 
-    def __init__(self, unet: ort.InferenceSession, providers: list, device: str = "cpu", device_id: int = 0,
+    def __init__(self, unet: ort.InferenceSession, providers: Sequence[str], device: str = "cpu", device_id: int = 0,
                  cuda_graphs: bool = False):
         self._unet = unet
         self._step = ort.InferenceSession(str(STEP_GRAPH), providers=providers)
@@ -34,11 +34,11 @@ class OrtDeviceLoop:
         return ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array, dtype=np.float32), self._device,
                                                 self._device_id)
 
-    def copy_to_device(self, value: ort.OrtValue, array: np.ndarray) -> None:
-        value.update_inplace(np.ascontiguousarray(array, dtype=np.float32))
+    def copy_to_device(self, tensor: ort.OrtValue, array: np.ndarray) -> None:
+        tensor.update_inplace(np.ascontiguousarray(array, dtype=np.float32))
 
-    def to_host(self, value: ort.OrtValue) -> np.ndarray:
-        return value.numpy().copy()  # (on the CPU, numpy() may view a buffer the loop reuses)
+    def to_host(self, tensor: ort.OrtValue) -> np.ndarray:
+        return tensor.numpy().copy()  # (on the CPU, numpy() may view a buffer the loop reuses)
 
     def unet_buffers(self, sample_shape: tuple[int, ...], conditioning: ConditioningShapes) -> UnetBuffers:
         return unet_buffers_for(self, self._kept, sample_shape, conditioning)

@@ -34,7 +34,8 @@ class OpenVinoSession:
         if device not in core.available_devices:
             raise BackendUnavailableError(f"OpenVINO sees no {device} device here (it sees: "
                                           f"{', '.join(core.available_devices)}).")
-        config = {"INFERENCE_PRECISION_HINT": PRECISION_HINTS[options.precision], "PERFORMANCE_HINT": "LATENCY"}
+        config: dict[str, str | int] = {"INFERENCE_PRECISION_HINT": PRECISION_HINTS[options.precision],
+                                        "PERFORMANCE_HINT": "LATENCY"}
         if options.num_threads and device == "CPU":
             config["INFERENCE_NUM_THREADS"] = options.num_threads
         if options.engine_cache and not options.weights:
@@ -71,16 +72,16 @@ class OpenVinoSession:
         networks than compiled for every shape (benchmarks/README.md, static shapes). A session
         holds one compiled network: the old one goes first.
         """
-        self._compiled = self._request = None
-        if self._weights:
-            model = _with_weights(self._core, self._component, self._weights)
-        elif shapes is not None:
-            model = self._core.read_model(str(self._component.path))
+        self._compiled = self._request = self._shapes = None  # (a failed compile leaves none: the next call retries)
+        model: ov.Model | str
+        if self._weights or shapes is not None:
+            model = (_with_weights(self._core, self._component, self._weights) if self._weights
+                     else self._core.read_model(str(self._component.path)))
+            if shapes is not None:
+                model.reshape({name: list(shape) for name, shape in shapes.items()})
         else:
             # Compiling from the path (not a read model) lets a cached engine skip reading the ONNX.
             model = str(self._component.path)
-        if shapes is not None:
-            model.reshape({name: list(shape) for name, shape in shapes.items()})
         # OpenVINO maps large weight files (the UNet's external data) and repacks the weights at
         # compile (static shapes) or on the first inference, after which the mapped copy stays
         # resident though hardly read (about half the process's memory for the SD 1.5 UNet in fp32). The
@@ -118,8 +119,10 @@ class OpenVinoSession:
     def _infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         # Inputs are read in place (the call is synchronous); outputs come back as fresh arrays
         # (share_outputs=False), so the next call cannot overwrite what the caller holds.
-        result = self._request.infer(feeds, share_inputs=True, share_outputs=False)
-        return {name: result[self._compiled.output(name)] for name in self.output_names}
+        request, compiled = self._request, self._compiled
+        assert request is not None and compiled is not None  # run() compiles when there is none
+        result = request.infer(feeds, share_inputs=True, share_outputs=False)
+        return {name: result[compiled.output(name)] for name in self.output_names}
 
 
 def _with_weights(core: ov.Core, component: Component, weights) -> ov.Model:

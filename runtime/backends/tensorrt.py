@@ -20,15 +20,17 @@ from __future__ import annotations
 import hashlib
 import os
 import uuid
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import tensorrt as trt
+import tensorrt as trt  # pyright: ignore[reportMissingModuleSource]  (typings/tensorrt.pyi: not installable here)
 
 from ...kernels.step_graph import STEP_GRAPH, step_shape_profile
+from ...models.components import DENOISER
 from ..artifact import Component
 from ..cache import content_key, default_engine_cache, engine_folder, engine_key
-from ...models.components import DENOISER
 from ..device_loop import ConditioningShapes, NoiseSource, UnetBuffers, run_on_device, unet_buffers_for
 from ..errors import BackendUnavailableError, RequestError
 from ..samplers import SamplerPlan
@@ -42,18 +44,19 @@ _LOGGER = trt.Logger(trt.Logger.WARNING)
 
 
 def _cudart():
+    # (cuda-python, like TensorRT, is not installable where sdrt is type-checked)
     try:
-        from cuda.bindings import runtime
+        from cuda.bindings import runtime  # pyright: ignore[reportMissingImports]
     except ImportError:
         try:
-            from cuda import cudart as runtime  # cuda-python before 12.6
+            from cuda import cudart as runtime  # pyright: ignore[reportMissingImports]  (cuda-python before 12.6)
         except ImportError as error:
             raise BackendUnavailableError("The tensorrt backend needs cuda-python for device memory: "
                                           "pip install cuda-python.") from error
     return runtime
 
 
-def _check(result):
+def _check(result) -> Any:
     """cuda-python returns (error, values...): raise on an error, return the values."""
     error, *values = result if isinstance(result, tuple) else (result,)
     if int(error) != 0:
@@ -136,7 +139,7 @@ class TensorRtSession:
             self._loop = TrtDeviceLoop(self, engine)
         return self._loop
 
-    def _refit(self, weights: dict[str, np.ndarray]) -> None:
+    def _refit(self, weights: Mapping[str, np.ndarray]) -> None:
         refitter = trt.Refitter(self._engine, _LOGGER)
         refittable = set(refitter.get_all_weights())
         for name, array in weights.items():
@@ -221,7 +224,7 @@ class TrtDeviceLoop:
     def unet_buffers(self, sample_shape: tuple[int, ...], conditioning: ConditioningShapes) -> UnetBuffers:
         return unet_buffers_for(self, self._kept, sample_shape, conditioning)
 
-    def unet_call(self, buffers: UnetBuffers):
+    def unet_call(self, buffers: UnetBuffers) -> Callable[[], None]:
         session, cuda, stream = self._session, self._cuda, self._stream
         context = session._context
         for name, tensor in buffers.inputs.items():
@@ -244,7 +247,7 @@ class TrtDeviceLoop:
             self._graphs[buffers.graph_id] = graph
         return lambda: _check(cuda.cudaGraphLaunch(graph, stream))
 
-    def step_call(self):
+    def step_call(self) -> Callable[[dict[str, _DeviceTensor], dict[str, _DeviceTensor]], None]:
         context, stream = self._step, self._stream
 
         def step(inputs: dict[str, _DeviceTensor], outputs: dict[str, _DeviceTensor]) -> None:
