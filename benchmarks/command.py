@@ -124,7 +124,7 @@ def run(args, argv: list[str], console=None) -> int:
                                                           width // factor), INITIAL_LATENTS_STREAM))
     ours, missing = [], {}
     for backend in backends:
-        offered = backend_module(backend).PRECISIONS
+        offered = backend_module(backend).CAPABILITIES.precisions
         for precision in precisions:
             why = _why_not(manifest, backend, offered, precision)
             if why is None:

@@ -64,6 +64,15 @@ def unet_buffers_for(device: "Device", kept: dict[tuple, UnetBuffers] | None, sa
     return kept[key]
 
 
+class DeviceLoop(Protocol):
+    """What a denoiser session's device_loop() returns (backends whose Capabilities.device_loop is set)."""
+
+    def run(self, plan: SamplerPlan, latents: np.ndarray, conditioning: dict[str, np.ndarray], guidance_scale: float,
+            copies: int, noise_for_step: NoiseSource) -> Iterator[tuple[int, Callable[[], np.ndarray]]]:
+        """run_on_device on the backend's device."""
+        ...
+
+
 class Device(Protocol):
     def buffer(self, shape: tuple[int, ...]) -> Tensor:
         """float32 device memory, allocated without a transfer."""

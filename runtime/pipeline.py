@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
@@ -18,7 +19,8 @@ from ..kernels.image import to_uint8, to_unit_range
 from ..kernels.sampler_step import guide
 from ..models.components import DENOISER, TEXT_ENCODER, VAE_DECODER, VAE_ENCODER
 from .artifact import Artifact, open_artifact
-from .backends import SessionOptions, backend_module, best_backend, default_profile
+from .backends import Capabilities, DenoiserSession, SessionOptions, backend_module, best_backend
+from .backends.shape_profiles import default_profile
 from .cache import default_engine_cache
 from .errors import ArtifactError, RequestError
 from .image_input import image_size, nearest_resize, outpaint_canvas, soft_mask, to_mask, to_pixels
@@ -85,7 +87,10 @@ class StableDiffusionPipeline(RunTimeWeights):
         self.memory_check = memory_check
         if artifact.family not in ("sd1", "sd2"):
             raise ArtifactError(f"This sdrt runs the sd1 and sd2 families; the artifact is {artifact.family!r}.")
-        if options.profile is None:  # shapes for engines built for a range of them (TensorRT)
+        module = backend_module(backend)
+        self._capabilities: Capabilities = module.CAPABILITIES
+        self._capabilities.check(backend, options)
+        if options.profile is None and self._capabilities.shape_profiles:  # engines built for a range of shapes
             options = replace(options, profile=default_profile(tuple(artifact.pipeline["default_size"]),
                                                                artifact.pipeline["vae_scale_factor"]))
         self.artifact = artifact
@@ -94,10 +99,6 @@ class StableDiffusionPipeline(RunTimeWeights):
         # component name -> the precision it runs in: a stored variant, or bf16 (fp32 files, bf16 compute)
         self.precisions = resolve_precisions(artifact, options.precision if precision is None else precision, backend,
                                              options.device)
-        module = backend_module(backend)
-        if options.cuda_graph and not getattr(module, "CUDA_GRAPHS", False):
-            raise RequestError(f"The {backend} backend does not capture CUDA graphs (onnxruntime on cuda does); "
-                               "leave cuda_graph off.")
         self._backend_module = module
         started = time.perf_counter()
         sessions = {}
@@ -121,9 +122,6 @@ class StableDiffusionPipeline(RunTimeWeights):
         # the networks' inputs); every call goes through this dict.
         self.sessions = {role: session for role, (_, session) in sessions.items()}
         self.load_seconds = time.perf_counter() - started
-        if options.device_loop and not hasattr(self.sessions["denoiser"], "device_loop"):
-            raise RequestError(f"The {backend} backend has no device-resident denoising loop (onnxruntime has); "
-                               "leave device_loop unset.")
         entry = artifact.tokenizer_entry("text_encoder")
         self.tokenizer = ClipTokenizer.from_folder(
             artifact.file(entry["files"]["vocab"]).parent, bos_id=entry["bos_id"], eos_id=entry["eos_id"],
@@ -379,12 +377,10 @@ class StableDiffusionPipeline(RunTimeWeights):
 
     def _device_loop(self):
         """The denoiser session's device-resident loop when it is on (SessionOptions.device_loop;
-        by default for devices other than the CPU), else None."""
-        wanted = self.options.device_loop if self.options.device_loop is not None else self.options.device != "cpu"
-        if not wanted:
+        by default for devices other than the CPU on backends that have one), else None."""
+        if not self._capabilities.wants_device_loop(self.options):
             return None
-        make = getattr(self.sessions["denoiser"], "device_loop", None)  # absent: a wrapped or other session
-        return make() if make is not None else None
+        return cast(DenoiserSession, self.sessions["denoiser"]).device_loop()  # (the capability says it has one)
 
     # -- stage 5: post-processing ---------------------------------------------------------
 
@@ -546,7 +542,7 @@ def load(artifact: str | os.PathLike, backend: str | None = None, device: str | 
     more memory than the system has free (sdrt.runtime.memory), saying what size fits.
     """
     backend = best_backend() if backend is None else backend
-    chosen: str = device or backend_module(backend).DEFAULT_DEVICE  # a missing package fails here, first
+    chosen: str = device or backend_module(backend).CAPABILITIES.default_device  # a missing package fails here
     if engine_cache is None:
         engine_cache = chosen != "cpu"
     options = SessionOptions(device=chosen, num_threads=num_threads, engine_cache=_engine_cache_folder(engine_cache),

@@ -43,7 +43,7 @@ def test_component_matches_pytorch(artifact, torch_modules, backend, component):
     except ImportError:
         pytest.skip(f"{backend} is not installed")
     target = artifact.component(component)
-    session = module.open_session(target, SessionOptions(device=module.DEFAULT_DEVICE))
+    session = module.open_session(target, SessionOptions(device=module.CAPABILITIES.default_device))
     assert session.input_names == target.spec.input_names
     assert set(session.output_names) == set(target.spec.output_names)
     factor = artifact.pipeline["vae_scale_factor"]
@@ -68,7 +68,7 @@ def test_unknown_device_is_refused_with_the_devices_it_runs_on(artifact, backend
         module = backend_module(backend)
     except ImportError:
         pytest.skip(f"{backend} is not installed")
-    with pytest.raises(RequestError, match=f"The {backend} backend runs on: {module.DEFAULT_DEVICE}"):
+    with pytest.raises(RequestError, match=f"The {backend} backend runs on: {module.CAPABILITIES.default_device}"):
         module.open_session(artifact.component("vae_decoder"), SessionOptions(device="quantum"))
 
 
@@ -91,3 +91,28 @@ def test_onnxruntime_refuses_bf16(artifact):
     pytest.importorskip("onnxruntime")
     with pytest.raises(RequestError, match="openvino option"):
         backend_module("onnxruntime").open_session(artifact.component("unet"), SessionOptions(precision="bf16"))
+
+
+
+@pytest.mark.parametrize("backend", list(BACKENDS))
+def test_each_backend_declares_what_it_offers_and_refuses_the_rest_at_load(tiny_artifact, backend, monkeypatch):
+    """Capabilities are what the pipeline asks; an option a backend lacks is refused when the
+    pipeline is made, before any network is opened."""
+    import sdrt
+    from sdrt.runtime.pipeline import StableDiffusionPipeline
+
+    try:
+        module = backend_module(backend)
+    except ImportError:
+        pytest.skip(f"{backend} is not installed")
+    offers = module.CAPABILITIES
+    assert offers.default_device in offers.devices and set(offers.precisions) <= {"fp32", "bf16"}
+    opened = []
+    monkeypatch.setattr(module, "open_session", lambda component, options: opened.append(component))
+    lacking = [option for option, offered in (("cuda_graph", offers.cuda_graphs), ("device_loop", offers.device_loop))
+               if not offered]
+    for option in lacking:
+        options = SessionOptions(device=offers.default_device, **{option: True})
+        with pytest.raises(RequestError, match=f"The {backend} backend (does not capture|has no device-resident)"):
+            StableDiffusionPipeline(sdrt.open_artifact(tiny_artifact), backend, options)
+    assert not opened

@@ -71,7 +71,7 @@ def test_unet_step_at_256_matches_pytorch(sd15, unet_reference, backend):
     _, artifact = sd15
     feeds, expected = unet_reference
     session = module.open_session(open_artifact(artifact, verify_checksums=False).component("unet"),
-                                  SessionOptions(device=module.DEFAULT_DEVICE))
+                                  SessionOptions(device=module.CAPABILITIES.default_device))
     data = artifact / "unet" / "model.onnx.data"
     got = session.run(feeds)["out_sample"]
     if backend == "openvino":
@@ -121,7 +121,7 @@ def test_replaced_weights_at_full_size_match_pytorch(sd15, unet_reference, updat
     component = open_artifact(artifact, verify_checksums=False).component("unet")
     weights = ModuleWeights(component).with_updates([(1.0, updates)])
     assert [name.endswith(".weight.T") for name in weights] == [False, True]  # conv1 first, sorted
-    session = module.open_session(component, SessionOptions(device=module.DEFAULT_DEVICE, weights=weights))
+    session = module.open_session(component, SessionOptions(device=module.CAPABILITIES.default_device, weights=weights))
     got = session.run(feeds)["out_sample"]
     del session
     gc.collect()

@@ -5,8 +5,8 @@ import pytest
 
 import sdrt
 from sdrt.models.components import text_encoder_spec, unet_spec
-from sdrt.runtime.backends import default_profile
 from sdrt.runtime.backends.onnxruntime_devices import check_available, parse_device, provider_chain
+from sdrt.runtime.backends.shape_profiles import default_profile
 from sdrt.runtime.errors import BackendUnavailableError, RequestError
 
 pytest.importorskip("onnxruntime")

@@ -1,7 +1,8 @@
 """Backends: one file per inference engine, found by name and imported lazily.
 
-A backend module defines `open_session(component, options) -> Session`, PRECISIONS, the
-compute precisions it offers, and DEFAULT_DEVICE. Adding a backend
+A backend module defines `open_session(component, options) -> Session` and CAPABILITIES, what
+it offers (devices, compute precisions, the device loop, CUDA graphs, static shapes, engines
+built for shape ranges); the pipeline asks those instead of probing sessions. Adding a backend
 means adding one file here and its name to BACKENDS.
 """
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Protocol
 
 import numpy as np
 
+from ..device_loop import DeviceLoop
 from ..errors import BackendUnavailableError, RequestError
 
 # name -> (module that must import, extra that installs it)
@@ -22,12 +24,6 @@ BACKENDS = {
     "tensorrt": ("tensorrt", "tensorrt"),
 }
 PRECISIONS = ("fp32", "bf16")
-# (min, opt, max) of each symbolic axis that TensorRT engines are built for, unless the
-# caller gives its own: batch 2 (guidance) at the artifact's default size, up to batch 16,
-# 256..1024 pixels (latents 32..128), prompts up to 8 chunks of 77 tokens.
-PROFILE_BATCH = (1, 2, 16)
-PROFILE_LATENT = (32, 128)
-PROFILE_SEQUENCE = (77, 77 * 8)
 
 
 @dataclass(frozen=True)
@@ -40,7 +36,7 @@ class SessionOptions:
     # device_loop()); None: on for devices other than the CPU
     device_loop: bool | None = None
     # capture the device loop's UNet calls as CUDA graphs, one per request shape, replayed on
-    # every later step and request of that shape (backends with CUDA_GRAPHS: onnxruntime on cuda)
+    # every later step and request of that shape (Capabilities.cuda_graphs: onnxruntime on cuda)
     cuda_graph: bool = False
     # compile each network for the input shapes of the request, again when they change
     # (openvino); False: one compile that takes every shape
@@ -60,16 +56,32 @@ class SessionOptions:
             raise RequestError(f"num_threads must be >= 1, got {self.num_threads}.")
 
 
-def default_profile(default_size: tuple[int, int], vae_scale_factor: int) -> dict[str, tuple[int, int, int]]:
-    """(min, opt, max) per axis for TensorRT engines of an artifact whose images default to
-    `default_size` (height, width)."""
-    profile = {"batch": PROFILE_BATCH, "sequence": (PROFILE_SEQUENCE[0], PROFILE_SEQUENCE[0], PROFILE_SEQUENCE[1])}
-    for axis, pixels in zip(("height", "width"), default_size):
-        latent = pixels // vae_scale_factor
-        low, high = min(PROFILE_LATENT[0], latent), max(PROFILE_LATENT[1], latent)
-        profile[f"latent_{axis}"] = (low, latent, high)
-        profile[axis] = (low * vae_scale_factor, pixels, high * vae_scale_factor)
-    return profile
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend offers. `check` refuses the session options it cannot serve, with the
+    sentence that says what to change; options a device of the backend lacks (CUDA graphs off
+    cuda) are refused by the backend's session, which sees the device."""
+
+    devices: tuple[str, ...]  # device kinds; a GPU index may follow a colon ("cuda:1")
+    default_device: str
+    precisions: tuple[str, ...]  # compute precisions of SessionOptions.precision
+    device_loop: bool = False  # a denoiser's session offers device_loop() (runtime/device_loop.py)
+    cuda_graphs: bool = False  # SessionOptions.cuda_graph: the device loop's UNet calls as CUDA graphs
+    static_shapes: bool = False  # SessionOptions.static_shapes: a compile per request shape
+    shape_profiles: bool = False  # engines built for (min, opt, max) shapes: SessionOptions.profile
+
+    def check(self, backend: str, options: SessionOptions) -> None:
+        if options.cuda_graph and not self.cuda_graphs:
+            raise RequestError(f"The {backend} backend does not capture CUDA graphs (onnxruntime on cuda does); "
+                               "leave cuda_graph off.")
+        if options.device_loop and not self.device_loop:
+            raise RequestError(f"The {backend} backend has no device-resident denoising loop (onnxruntime has); "
+                               "leave device_loop unset.")
+
+    def wants_device_loop(self, options: SessionOptions) -> bool:
+        """Whether the denoising loop runs on the device: as asked, else on devices other than the CPU."""
+        wanted = options.device_loop if options.device_loop is not None else options.device != "cpu"
+        return wanted and self.device_loop
 
 
 class Session(Protocol):
@@ -80,9 +92,15 @@ class Session(Protocol):
         """Run once on host arrays; return every output by name."""
         ...
 
-    # Optional, for a denoiser: device_loop() -> an object whose run(plan, latents, embeddings,
-    # guidance_scale, copies, noise_for_step) yields (step index, fetch latents) as the loop
-    # runs on the device (runtime/device_loop.py; onnxruntime's in backends/onnxruntime_loop.py).
+
+
+class DenoiserSession(Session, Protocol):
+    """A denoiser's session on a backend whose Capabilities.device_loop is set."""
+
+    def device_loop(self) -> DeviceLoop:
+        """The denoising loop on the session's device (runtime/device_loop.py; onnxruntime's in
+        backends/onnxruntime_loop.py)."""
+        ...
 
 
 def backend_module(name: str):

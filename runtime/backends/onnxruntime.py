@@ -15,13 +15,14 @@ from ..artifact import Component
 from ..cache import engine_folder
 from ..errors import RequestError
 from ..onnx_proto import initializers, with_external_weights
-from . import SessionOptions, cast_feeds
-from .onnxruntime_devices import check_available, parse_device, provider_chain
+from . import Capabilities, SessionOptions, cast_feeds
+from .onnxruntime_devices import PROVIDERS, check_available, parse_device, provider_chain
 from .onnxruntime_loop import OrtDeviceLoop
+from .shape_profiles import input_shapes
 
-DEFAULT_DEVICE = "cpu"
-CUDA_GRAPHS = True  # SessionOptions.cuda_graph: on the cuda device, for the device loop's UNet
-PRECISIONS = ("fp32",)
+# CUDA graphs: on the cuda device, for the device loop's UNet; shape profiles: the tensorrt device's engines
+CAPABILITIES = Capabilities(devices=tuple(PROVIDERS), default_device="cpu", precisions=("fp32",), device_loop=True,
+                            cuda_graphs=True, shape_profiles=True)
 # where each device kind keeps OrtValues (IOBinding)
 TENSOR_DEVICES = {"cpu": "cpu", "cuda": "cuda", "tensorrt": "cuda", "dml": "dml"}
 # the name replaced weights are given as an external-data file that exists only in memory
@@ -42,7 +43,7 @@ class OnnxRuntimeSession:
                                "precision for this network"
                                + (" (`sdrt quantize --precision int8-qdq` makes ONNX Runtime's int8 form)."
                                   if component.precision == "int8" else "."))
-        if options.precision not in PRECISIONS:
+        if options.precision not in CAPABILITIES.precisions:
             raise RequestError(f"The onnxruntime backend runs the fp32 artifact as exported; precision "
                                f"{options.precision!r} is an openvino option (use backend='openvino').")
         if options.cuda_graph and kind != "cuda":
@@ -54,9 +55,7 @@ class OnnxRuntimeSession:
         shapes = folder = None
         if kind == "tensorrt":  # engines built for a range of shapes, kept in the engine cache
             if options.profile:
-                shapes = component.spec.shape_profile({axis: bounds[1] for axis, bounds in options.profile.items()},
-                                                      {axis: (bounds[0], bounds[2]) for axis, bounds in
-                                                       options.profile.items()})
+                shapes = input_shapes(component, options.profile)
             if options.engine_cache:
                 folder = engine_folder(options.engine_cache, component, "onnxruntime", ort.__version__, options.device)
                 folder.mkdir(parents=True, exist_ok=True)

@@ -13,12 +13,12 @@ import openvino as ov
 from ..artifact import Component
 from ..cache import engine_folder
 from ..errors import BackendUnavailableError, RequestError
-from . import SessionOptions, cast_feeds, mapped
+from . import Capabilities, SessionOptions, cast_feeds, mapped
 
 DEVICES = {"cpu": "CPU", "gpu": "GPU", "npu": "NPU"}
 PRECISION_HINTS = {"fp32": "f32", "bf16": "bf16"}
-DEFAULT_DEVICE = "cpu"
-PRECISIONS = tuple(PRECISION_HINTS)
+CAPABILITIES = Capabilities(devices=tuple(DEVICES), default_device="cpu", precisions=tuple(PRECISION_HINTS),
+                            static_shapes=True)
 
 
 class OpenVinoSession:

@@ -34,11 +34,12 @@ from ..cache import content_key, default_engine_cache, engine_folder, engine_key
 from ..device_loop import ConditioningShapes, NoiseSource, UnetBuffers, run_on_device, unet_buffers_for
 from ..errors import BackendUnavailableError, RequestError
 from ..samplers import SamplerPlan
-from . import SessionOptions, cast_feeds
+from . import Capabilities, SessionOptions, cast_feeds
+from .shape_profiles import input_shapes
 
-DEFAULT_DEVICE = "cuda"
-CUDA_GRAPHS = True  # SessionOptions.cuda_graph: the device loop's UNet calls
-PRECISIONS = ("fp32",)  # an fp16 variant builds with fp16 kernels
+# precisions: the network's own (an fp16 variant builds with fp16 kernels)
+CAPABILITIES = Capabilities(devices=("cuda",), default_device="cuda", precisions=("fp32",), device_loop=True,
+                            cuda_graphs=True, shape_profiles=True)
 WORKSPACE = 8 << 30
 _LOGGER = trt.Logger(trt.Logger.WARNING)
 
@@ -83,7 +84,7 @@ class TensorRtSession:
             raise RequestError(f"The {component.precision} {component.spec.name} is not a plain ONNX network (its "
                                f"format: {component.entry['format']}); the tensorrt backend builds engines from ONNX "
                                "networks (fp32, fp16).")
-        if options.precision not in PRECISIONS:
+        if options.precision not in CAPABILITIES.precisions:
             raise RequestError(f"The tensorrt backend computes in the network's own precision; precision "
                                f"{options.precision!r} is an openvino option.")
         self._cuda = _cudart()
@@ -92,9 +93,7 @@ class TensorRtSession:
         gpu = properties.name.decode() if isinstance(properties.name, bytes) else str(properties.name)
         shapes = None
         if options.profile:
-            shapes = component.spec.shape_profile({axis: bounds[1] for axis, bounds in options.profile.items()},
-                                                  {axis: (bounds[0], bounds[2]) for axis, bounds in
-                                                   options.profile.items()})
+            shapes = input_shapes(component, options.profile)
         fp16, refit = component.precision == "fp16", bool(options.weights)
         settings = {"tensorrt": trt.__version__, "gpu": gpu, "sm": f"{properties.major}.{properties.minor}",
                     "shapes": shapes, "fp16": fp16, "refit": refit}
@@ -136,7 +135,7 @@ class TensorRtSession:
             engine = trt.Runtime(_LOGGER).deserialize_cuda_engine(plan.read_bytes())
             if engine is None:
                 raise RuntimeError(f"TensorRT could not load {plan}; delete it to rebuild.")
-            self._loop = TrtDeviceLoop(self, engine)
+            self._loop = TrtDeviceLoop(self._cuda, self._stream, self._context, engine, self._cuda_graph)
         return self._loop
 
     def _refit(self, weights: Mapping[str, np.ndarray]) -> None:
@@ -193,11 +192,11 @@ class TrtDeviceLoop:
     and the step engine's tensors addressed by name, one stream; with cuda_graph the UNet's
     call is a CUDA graph, captured once per request shape on buffers kept for that shape."""
 
-    def __init__(self, session: TensorRtSession, step_engine):
-        self._session, self._cuda, self._stream = session, session._cuda, session._stream
+    def __init__(self, cuda, stream, unet_context, step_engine, cuda_graph: bool):
+        self._cuda, self._stream, self._unet = cuda, stream, unet_context
         self._step_engine = step_engine  # (its context needs it alive)
         self._step = step_engine.create_execution_context()
-        self._kept: dict[tuple, UnetBuffers] | None = {} if session._cuda_graph else None
+        self._kept: dict[tuple, UnetBuffers] | None = {} if cuda_graph else None
         self._graphs: dict[int, object] = {}  # graph id -> the instantiated CUDA graph
 
     def buffer(self, shape: tuple[int, ...]) -> _DeviceTensor:
@@ -225,8 +224,7 @@ class TrtDeviceLoop:
         return unet_buffers_for(self, self._kept, sample_shape, conditioning)
 
     def unet_call(self, buffers: UnetBuffers) -> Callable[[], None]:
-        session, cuda, stream = self._session, self._cuda, self._stream
-        context = session._context
+        cuda, stream, context = self._cuda, self._stream, self._unet
         for name, tensor in buffers.inputs.items():
             context.set_input_shape(name, tensor.shape)
             context.set_tensor_address(name, tensor.pointer)
