@@ -13,6 +13,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import ArtifactError
+
 # message -> {field number: message type} for the fields that can lead to a TensorProto
 _MESSAGES = {
     "model": {7: "graph", 25: "function"},
@@ -26,8 +28,8 @@ _MESSAGES = {
 _TENSOR_EXTERNAL_DATA = 13
 
 
-class ProtobufError(ValueError):
-    pass
+class ProtobufError(ArtifactError, ValueError):
+    """An ONNX file that is not the protobuf it should be (truncated or corrupt)."""
 
 
 def _varint(buf, pos: int) -> tuple[int, int]:

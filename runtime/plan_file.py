@@ -21,7 +21,7 @@ from pathlib import Path
 
 from ..models.manifest import MANIFEST_NAME, sha256_file
 from .errors import ArtifactError, RequestError
-from .samplers import SAMPLERS, SamplerPlan, compile_plan, default_sampler
+from .samplers import SAMPLERS, compile_plan, default_sampler
 
 PLAN_FILE = "sampler_plans.json"
 PLAN_FORMAT = "sdrt-sampler-plans"
@@ -62,16 +62,6 @@ def write_plan_file(folder: Path, scheduler_config: dict) -> Path:
     path.write_text(json.dumps(plan_document(scheduler_config, compile_plans(scheduler_config)),
                                separators=(",", ":")), encoding="utf-8")
     return path
-
-
-def read_plan(artifact_root: Path, manifest: dict, sampler: str, steps: int) -> SamplerPlan | None:
-    """The stored plan for (sampler, steps), or None when the artifact holds none."""
-    relative = manifest.get("sampler_plans")
-    if relative is None:
-        return None
-    document = json.loads((Path(artifact_root) / relative).read_text(encoding="utf-8"))
-    data = document["plans"].get(sampler, {}).get(str(steps))
-    return None if data is None else SamplerPlan.from_json(data)
 
 
 def add_plans(artifact_root: str | os.PathLike, samplers: Iterable[str], step_counts: Iterable[int]) -> list[str]:

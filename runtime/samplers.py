@@ -96,13 +96,6 @@ class SamplerPlan:
         return {"sampler": self.sampler, "init_noise_sigma": self.init_noise_sigma, **start, **noising,
                 "steps": [s.to_json() for s in self.steps]}
 
-    @classmethod
-    def from_json(cls, data: dict) -> "SamplerPlan":
-        steps = tuple(PlanStep(float(s["timestep"]), float(s["input_scale"]), tuple(s["latent_weights"]),
-                               tuple(s["output_weights"]), float(s.get("noise_weight", 0.0))) for s in data["steps"])
-        return cls(data["sampler"], float(data["init_noise_sigma"]), steps,
-                   float(data.get("init_image_weight", 0.0)),
-                   tuple((float(a), float(b)) for a, b in data.get("noising", ())))
 
 
 class _Linear:

@@ -114,3 +114,18 @@ def test_readme_shows_the_test_command_ci_runs():
     lines = {line.strip() for line in README.read_text(encoding="utf-8").splitlines()}
     assert commands[-1] in lines, \
         f"README.md does not show .ci/run's test command {commands[-1]!r} on a line of its own"
+
+
+def test_the_readmes_demo_size_step_is_what_sdrt_info_prints(capsys):
+    """The size step is the model's own: the README's figure for the demo model is the one its
+    manifest holds and `sdrt info` prints."""
+    import json
+
+    from sdrt.cli import main
+    from sdrt.models.demo import demo_artifact
+
+    step = json.loads((demo_artifact() / "sdrt.json").read_text())["pipeline"]["size_multiple"]
+    assert main(["info", str(demo_artifact())]) == 0
+    assert f"size step {step}" in capsys.readouterr().out
+    prose = " ".join(README.read_text(encoding="utf-8").split())
+    assert re.search(rf"\b{step} px for the demo model\b", prose), "README.md states another size step for the demo"

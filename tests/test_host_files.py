@@ -12,7 +12,7 @@ import pytest
 from sdrt.cli import main
 from sdrt.models.demo import demo_artifact
 from sdrt.runtime.artifact import open_artifact
-from sdrt.runtime.plan_file import DEFAULT_STEP_COUNTS, read_plan
+from sdrt.runtime.plan_file import DEFAULT_STEP_COUNTS
 from sdrt.runtime.samplers import SAMPLERS, compile_plan, default_sampler
 from sdrt.runtime.tokenizer import ClipTokenizer
 
@@ -32,7 +32,13 @@ def artifact(request, tiny_artifact):
     return demo_artifact() if request.param == "demo" else tiny_artifact
 
 
-def test_stored_plans_are_the_compiled_plans(artifact):
+def stored_plans(folder, manifest) -> dict:
+    return json.loads((folder / manifest["sampler_plans"]).read_text())["plans"]
+
+
+def test_every_sampler_is_stored_at_the_default_step_counts(artifact):
+    """Which plans the exporter stores; their values are checked where they are read: the C++
+    host runs them (tests/test_cpp_host.py, images against the Python runtime's)."""
     manifest = open_artifact(artifact).manifest
     config = manifest["pipeline"]["scheduler"]
     document = json.loads((artifact / manifest["sampler_plans"]).read_text())
@@ -41,10 +47,7 @@ def test_stored_plans_are_the_compiled_plans(artifact):
     for sampler in SAMPLERS:
         counts = [n for n in DEFAULT_STEP_COUNTS if sampler != "lcm" or n <= config.get("original_inference_steps", 50)]
         assert sorted(int(n) for n in document["plans"][sampler]) == counts
-    for sampler in ("ddim", "euler_a", "dpmpp_2m", "pndm"):
-        for steps in (1, 4, 20):
-            assert read_plan(artifact, manifest, sampler, steps) == compile_plan(sampler, config, steps)
-    assert read_plan(artifact, manifest, "euler", 37) is None
+    assert "37" not in document["plans"]["euler"]
 
 
 def test_openvino_tokenizer_gives_the_python_tokenizer_ids(artifact):
@@ -68,10 +71,11 @@ def test_sdrt_plan_adds_a_plan_and_keeps_the_artifact_valid(tmp_path, capsys):
     assert "added euler 37" in capsys.readouterr().out
     artifact = open_artifact(folder)  # checksums still hold
     config = artifact.pipeline["scheduler"]
+    plans = stored_plans(folder, artifact.manifest)
     for sampler in ("euler", "lcm"):
         for steps in (37, 7):
-            assert read_plan(folder, artifact.manifest, sampler, steps) == compile_plan(sampler, config, steps)
-    assert read_plan(folder, artifact.manifest, "ddim", 20) == compile_plan("ddim", config, 20)  # kept
+            assert plans[sampler][str(steps)] == compile_plan(sampler, config, steps).to_json()
+    assert plans["ddim"]["20"] == compile_plan("ddim", config, 20).to_json()  # kept
 
     plan_file = tmp_path / "plan.json"
     assert main(["plan", str(folder), "--scheduler", "dpmpp_2m", "--steps", "9", "-o", str(plan_file)]) == 0

@@ -8,7 +8,7 @@ from sdrt.benchmarks.peer_worker import SCHEDULERS as ORACLES
 from sdrt.models.configs import SD1_SCHEDULER
 from sdrt.runtime.errors import RequestError
 from sdrt.runtime.loop import run_plan
-from sdrt.runtime.samplers import SAMPLERS, SamplerPlan, compile_img2img_plan, compile_plan
+from sdrt.runtime.samplers import SAMPLERS, compile_img2img_plan, compile_plan
 
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
@@ -136,14 +136,12 @@ def test_img2img_plan_matches_diffusers_every_step(sampler, config_name, strengt
     for (image_weight, noise_weight), theirs in zip(plan.noising[1:], renoised, strict=True):
         mine = np.float32(image_weight) * image + np.float32(noise_weight) * noise
         assert np.abs(mine - theirs).max() <= 1e-5 * np.abs(theirs).max()
-    assert SamplerPlan.from_json(plan.to_json()) == plan
 
 
 @pytest.mark.parametrize("sampler", SAMPLERS)
 def test_img2img_at_strength_zero_runs_no_step_and_adds_no_noise(sampler):
     plan = compile_img2img_plan(sampler, SD1_SCHEDULER, 10, 0.0)
     assert (plan.steps, plan.init_image_weight, plan.init_noise_sigma) == ((), 1.0, 0.0)
-    assert SamplerPlan.from_json(plan.to_json()) == plan
     # Fewer steps than strength asks for never add a step: 0.05 of 10 is none.
     assert compile_img2img_plan(sampler, SD1_SCHEDULER, 10, 0.05).steps == ()
 
@@ -160,11 +158,6 @@ def test_zero_terminal_snr_is_refused_where_it_cannot_work():
         compile_plan("pndm", config, 10)
     with pytest.raises(RequestError, match="needs prediction_type v_prediction"):
         compile_plan("euler", {**config, "prediction_type": "epsilon"}, 10)
-
-
-def test_plan_round_trips_through_json():
-    plan = compile_plan("dpmpp_2m", SD1_SCHEDULER, 10)
-    assert SamplerPlan.from_json(plan.to_json()) == plan
 
 
 def test_unknown_sampler_lists_known_ones():
