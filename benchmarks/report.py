@@ -42,7 +42,7 @@ def quality_vs_own_fp32(results: list[EngineResult]) -> dict[str, dict]:
     optimum-intel/fp32): what its precision costs, apart from how the stacks differ."""
     from PIL import Image
 
-    from ..kernels.image import psnr, ssim
+    from ..export.metrics import psnr, ssim  # numpy only: benchmarks need no export extra
 
     images = {result.engine.name: result.image for result in results if result.image is not None}
     found = {}

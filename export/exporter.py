@@ -1,8 +1,8 @@
 """Checkpoint -> artifact folder: ONNX components, tokenizer files and the manifest.
 
-The artifact is assembled in a hidden staging folder next to the output and renamed into
-place only once its manifest is written, so an interrupted export leaves nothing that
-`sdrt.load` would accept.
+The artifact is assembled in a hidden staging folder next to the output (export.staging) and
+renamed into place only once its manifest is written, so an interrupted export leaves nothing
+that `sdrt.load` would accept.
 """
 from __future__ import annotations
 
@@ -10,19 +10,19 @@ import datetime
 import json
 import os
 import shutil
-import uuid
 from collections.abc import Callable, Sequence
 from importlib import metadata
 from pathlib import Path
 
 from ..models import components as descriptors
 from ..models.components import random_feeds
-from ..models.manifest import FORMAT, MANIFEST_NAME, SCHEMA_VERSION, sha256_file
+from ..models.manifest import FORMAT, SCHEMA_VERSION, sha256_file
 from ..runtime.plan_file import PLAN_FILE, write_plan_file
 from .lora import LoraSpec, merge_lora
 from .onnx_export import OPSET, component_modules, export_component
 from .openvino_tokenizer import write_openvino_tokenizer
 from .source import EXPORT_PACKAGES, ExportError, require_packages, resolve_checkpoint
+from .staging import staging_folder, write_manifest
 
 # progress(done, total, what is being done now)
 Progress = Callable[[int, int, str], None]
@@ -51,24 +51,17 @@ def export_checkpoint(source: str | os.PathLike, output: str | os.PathLike, *, a
     if output.is_dir() and any(output.iterdir()) and not overwrite:
         raise ExportError(f"Output folder {output} is not empty; choose another path or pass --overwrite.")
     output.parent.mkdir(parents=True, exist_ok=True)
-    token = uuid.uuid4().hex[:8]
-    staging = output.parent / f".{output.name}.partial-{token}"
-    scratch = output.parent / f".{output.name}.scratch-{token}"  # single-file conversion
-    staging.mkdir()
-    scratch.mkdir()
     report = progress or (lambda done, total, what: None)
-    try:
+    with (staging_folder(output.parent, output.name) as staging,
+          staging_folder(output.parent, output.name, "scratch") as scratch):  # scratch: single-file conversion
+        staging.mkdir()
+        scratch.mkdir()
         checkpoint = resolve_checkpoint(str(source), allow_pickle=allow_pickle, work_dir=scratch,
                                         single_file_config=single_file_config)
         _export_into(checkpoint.folder, checkpoint.description, staging, verify, report, loras)
         if output.exists():
             shutil.rmtree(output)
         staging.rename(output)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
     return output
 
 
@@ -165,7 +158,7 @@ def _export_into(folder: Path, description: str, target: Path, verify: bool, rep
             **({"loras": merged} if merged else {}),
         },
     }
-    (target / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2))
+    write_manifest(target, manifest)
 
 
 def _copy_tokenizer(source: Path, target: Path, max_length: int) -> dict:

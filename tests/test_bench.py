@@ -109,7 +109,7 @@ def test_report_files_hold_every_figure_ratio_and_agreement(tmp_path):
 
 
 def test_each_precision_is_compared_with_its_own_stacks_fp32_image(tmp_path):
-    from sdrt.kernels.image import psnr
+    from sdrt.export.metrics import psnr
 
     rng = np.random.default_rng(0)
     fp32 = rng.integers(0, 256, (16, 16, 3)).astype(np.uint8)

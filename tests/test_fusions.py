@@ -1,4 +1,4 @@
-"""Graph fusion passes (kernels/fusions.py): the fused graph computes what the exported one does."""
+"""Graph fusion passes (export/fusions.py): the fused graph computes what the exported one does."""
 from __future__ import annotations
 
 from collections import Counter
@@ -10,7 +10,7 @@ import pytest
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-from sdrt.kernels.fusions import fuse_attention  # noqa: E402
+from sdrt.export.fusions import fuse_attention  # noqa: E402
 
 DEMO = Path(__file__).resolve().parents[1] / "models" / "demo" / "artifact"
 

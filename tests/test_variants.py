@@ -12,7 +12,7 @@ import pytest
 
 import sdrt
 from sdrt.cli import main
-from sdrt.kernels.image import psnr, ssim
+from sdrt.export.metrics import psnr, ssim
 from sdrt.runtime.artifact import open_artifact
 from sdrt.runtime.errors import ArtifactError, RequestError
 
@@ -369,7 +369,7 @@ def test_int8_on_onnxruntime_is_a_static_qdq_model_calibrated_on_pipeline_inputs
 
 @pytest.mark.slow
 def test_fp16_cuda_is_onnx_runtimes_fused_unet_taken_for_fp16_on_its_cuda_provider(fp16_artifact, tmp_path, capsys):
-    """fp16-cuda: the UNet with its attention fused (kernels.fusions) and ONNX Runtime's UNet
+    """fp16-cuda: the UNet with its attention fused (export.fusions) and ONNX Runtime's UNet
     fusions and fp16 conversion, inputs and outputs float32; precision="fp16" on onnxruntime's
     cuda takes it, the CPU and other backends keep the portable fp16 and refuse it by name.
     Without the CUDA provider its report is stored unmeasured, saying why."""
@@ -452,7 +452,7 @@ def test_fp16_converts_a_network_past_protobufs_2_gib(tmp_path):
     import onnx
     from onnx import TensorProto, helper
 
-    from sdrt.export.variants import _fp16
+    from sdrt.export.makers import make_fp16 as _fp16
 
     rows, cols = 16384, 16640  # 1.02 GiB each
     source = tmp_path / "net" / "model.onnx"
