@@ -106,3 +106,16 @@ def test_generate_inpaints_and_outpaints(tiny_artifact, tmp_path, capsys):
                          (["--image", str(source), "--outpaint", "left=8", "--mask", str(mask)], "not both")):
         assert main(["generate", "x", "--artifact", str(tiny_artifact), *bad, "-o", str(out)]) == 2
         assert message in capsys.readouterr().err
+
+
+def test_generate_imports_only_what_it_runs(tmp_path):
+    """Each command's module is imported when that command runs: generate loads neither the
+    benchmark harness nor the demo model's evaluation."""
+    out = tmp_path / "x.png"
+    code = ("import sys\nfrom sdrt.cli import main\n"
+            f"assert main(['generate', 'a red circle', '--steps', '1', '-o', {str(out)!r}]) == 0\n"
+            "print(sorted(m for m in sys.modules if m.startswith(('sdrt.benchmarks', 'sdrt.models.demo.evaluation',"
+            " 'sdrt.cli.'))))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "['sdrt.cli._common', 'sdrt.cli.generate']"
