@@ -167,11 +167,19 @@ def _compile(sampler: str, scheduler_config: dict, num_inference_steps: int, sta
     if config["timestep_spacing"] not in ("leading", "trailing", "linspace"):
         raise RequestError(
             f"timestep_spacing must be leading, trailing or linspace, got {config['timestep_spacing']!r}.")
+    if num_inference_steps > int(config["num_train_timesteps"]):  # (DPM-Solver would divide by zero)
+        raise RequestError(f"num_inference_steps ({num_inference_steps}) cannot exceed the "
+                           f"{int(config['num_train_timesteps'])} training timesteps.")
     alphas_cumprod = _alphas_cumprod(config)
     if config["rescale_betas_zero_snr"] and sampler in _SIGMA_SAMPLERS:
         # As those diffusers schedulers do: close to 0 without being 0, so the first sigma is finite.
         alphas_cumprod[-1] = np.float32(2.0**-24)
-    steps, noising, init_noise_sigma = _BUILDERS[sampler](config, alphas_cumprod, num_inference_steps, start or 0)
+    try:
+        steps, noising, init_noise_sigma = _BUILDERS[sampler](config, alphas_cumprod, num_inference_steps, start or 0)
+    except (IndexError, ZeroDivisionError):  # a timestep past the last, or two the same (a zero step)
+        raise RequestError(f"The {sampler} sampler cannot space {num_inference_steps} steps over this scheduler's "
+                           f"{config['num_train_timesteps']} training timesteps (its timesteps would run past the "
+                           "last or repeat); choose fewer steps.") from None
     if start is None:
         return SamplerPlan(sampler, init_noise_sigma, tuple(steps))
     # image-to-image starts from the image's latents noised to the first step it runs (no steps: no noise)
@@ -251,9 +259,6 @@ def _spaced_timesteps(config: dict, steps: int, *, rounded: bool = True, one_mor
 
 def _discrete_timesteps(config: dict, steps: int) -> np.ndarray:
     """Integer timesteps of DDIM / PNDM / LCM-style schedulers, descending."""
-    n = int(config["num_train_timesteps"])
-    if steps > n:
-        raise RequestError(f"num_inference_steps ({steps}) cannot exceed the {n} training timesteps.")
     return _spaced_timesteps(config, steps).astype(np.int64)
 
 

@@ -165,6 +165,16 @@ def test_unknown_sampler_lists_known_ones():
         compile_plan("heun", SD1_SCHEDULER, 10)
 
 
+@pytest.mark.parametrize("sampler", [s for s in SAMPLERS if s != "lcm"])  # lcm: at most its original steps
+def test_more_steps_than_training_timesteps_are_refused(sampler):
+    with pytest.raises(RequestError, match=r"num_inference_steps \(1001\) cannot exceed the 1000 training timesteps"):
+        compile_plan(sampler, SD1_SCHEDULER, 1001)
+    try:  # a count the spacing cannot give is a sentence too, never an arithmetic error
+        assert len(compile_plan(sampler, SD1_SCHEDULER, 1000).steps) >= 1000
+    except RequestError as error:
+        assert f"The {sampler} sampler cannot space 1000 steps" in str(error)
+
+
 @pytest.mark.parametrize("steps", [0, -3])
 def test_steps_below_one_are_refused(steps):
     with pytest.raises(RequestError, match="num_inference_steps must be an integer >= 1"):
