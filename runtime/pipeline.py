@@ -33,6 +33,7 @@ from .request import (
     OUTPUT_TYPES,
     GenerationRequest,
     ImageInput,
+    guidance_copies,
     guidance_value,
     images_per_prompt_value,
     latents_value,
@@ -232,14 +233,13 @@ class StableDiffusionPipeline(RunTimeWeights):
         height, width = size_value(self.default_size[0] if height is None else height,
                                    self.default_size[1] if width is None else width, self.size_multiple)
         per_prompt = images_per_prompt_value(num_images_per_prompt)
-        self._check_fits(height, width, len(prompts) * per_prompt * (2 if guidance > 1.0 else 1))
+        self._check_fits(height, width, len(prompts) * per_prompt * guidance_copies(guidance))
         output_type = output_type_value(output_type)
         if watermark and height * width < WATERMARK_MIN_PIXELS:
             raise RequestError(f"The invisible watermark needs images of at least 256x256 pixels; this request makes "
                                f"{width}x{height}.")
         seed = seed_value(seed)
-        shape = (len(prompts) * per_prompt, self.latent_channels, height // self.vae_scale_factor,
-                 width // self.vae_scale_factor)
+        shape = self._latent_shape(len(prompts) * per_prompt, height, width)
         image_input = None if image is None else ImageInput(
             to_pixels(image, height, width),
             None if mask_image is None else to_mask(mask_image, height, width, image_size(image)),
@@ -282,9 +282,11 @@ class StableDiffusionPipeline(RunTimeWeights):
         """The request's standard-normal latents: the caller's, or drawn from the seed."""
         if request.latents is not None:
             return request.latents
-        shape = (request.batch_size, self.latent_channels, request.height // self.vae_scale_factor,
-                 request.width // self.vae_scale_factor)
+        shape = self._latent_shape(request.batch_size, request.height, request.width)
         return gaussian_noise(request.seed, shape, INITIAL_LATENTS_STREAM)
+
+    def _latent_shape(self, batch: int, height: int, width: int) -> tuple[int, int, int, int]:
+        return batch, self.latent_channels, height // self.vae_scale_factor, width // self.vae_scale_factor
 
     def _start_from_noise(self, request: GenerationRequest) -> Start:
         noise = self._initial_noise(request)

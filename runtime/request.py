@@ -56,13 +56,17 @@ class GenerationRequest:
 
     @property
     def uses_guidance(self) -> bool:
-        # As diffusers: guidance_scale <= 1 skips the unconditional branch.
-        return self.guidance_scale > 1.0
+        return guidance_copies(self.guidance_scale) == 2
 
     @property
     def copies(self) -> int:
         """How many times the latents go into each denoiser call: unconditional and conditional."""
-        return 2 if self.uses_guidance else 1
+        return guidance_copies(self.guidance_scale)
+
+
+def guidance_copies(guidance_scale: float) -> int:
+    """2 when guidance is on (guidance_scale > 1, as diffusers), else 1."""
+    return 2 if guidance_scale > 1.0 else 1
 
 
 def prompt_lists(prompt, negative_prompt) -> tuple[tuple[str, ...], tuple[str, ...]]:

@@ -59,14 +59,6 @@ def test_inpainting_at_full_strength_starts_from_text_to_images_noise(pipe):
         assert inpaint.steps == image.steps == text.steps and inpaint.noising == image.noising
 
 
-def test_run_of_a_request_is_the_call(pipe):
-    called = pipe("a red circle", "blue", num_inference_steps=3, seed=4, image=IMAGE, strength=0.7,
-                  output_type="np").images
-    request = pipe.request("a red circle", "blue", num_inference_steps=3, seed=4, image=IMAGE, strength=0.7,
-                           output_type="np")
-    np.testing.assert_array_equal(pipe.run(request).images, called)
-
-
 def test_a_request_is_checked_before_any_network_runs(tiny_artifact, monkeypatch):
     pipe = sdrt.load(tiny_artifact, backend="onnxruntime")
 

@@ -14,13 +14,6 @@ class CommandError(SdrtError):
     """A command-line argument that cannot work; the message says what to change."""
 
 
-def export_extra_missing(command: str, error: ImportError) -> CommandError:
-    """The one-line error for a command that needs the export extra's packages."""
-    return CommandError(f"`sdrt {command}` needs the export extra ({error.name or 'a package'} is not installed): "
-                        "pip install torch==2.13.0 first (an unpinned torch is a multi-GB CUDA build), then "
-                        "pip install 'sdrt[export]'.")
-
-
 def engine_arguments(parser: argparse.ArgumentParser, steps: int, guidance: float) -> None:
     """The artifact, backend and sampling options `generate` and `eval` share."""
     from sdrt.runtime.backends import BACKENDS

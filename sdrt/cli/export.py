@@ -4,7 +4,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from ._common import CommandError, export_extra_missing, progress_bar
+from ._common import CommandError, progress_bar
 from .quantize import report_quality
 
 # networks-and-format variants an `--precision` name at export stands for: int8 makes each
@@ -43,11 +43,9 @@ def add_parser(commands, name: str, summary: str) -> None:
 
 
 def run(args, argv: list[str]) -> int:
-    try:
-        from sdrt.export.exporter import export_checkpoint
-        from sdrt.export.variants import make_variants
-    except ImportError as error:
-        raise export_extra_missing("export", error) from None
+    # (a missing export extra is refused by sdrt.export.source.require_packages, naming the package)
+    from sdrt.export.exporter import export_checkpoint
+    from sdrt.export.variants import make_variants
 
     precisions = export_precisions(args.precision)  # refuses unknown names before the export runs
     bar = progress_bar(6, "stage")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ._common import CommandError, export_extra_missing, parse_size
+from ._common import CommandError, parse_size
 
 
 def add_parser(commands, name: str, summary: str) -> None:
@@ -52,10 +52,7 @@ def add_parser(commands, name: str, summary: str) -> None:
 
 
 def run(args, argv: list[str]) -> int:
-    try:
-        from sdrt.export.variants import make_variants
-    except ImportError as error:
-        raise export_extra_missing("quantize", error) from None
+    from sdrt.export.variants import make_variants  # refuses a missing export extra by name
 
     if args.report_steps < 1:
         raise CommandError("--report-steps must be at least 1.")
