@@ -18,6 +18,7 @@ from ..models import components as descriptors
 from ..models.components import random_feeds
 from ..models.manifest import FORMAT, SCHEMA_VERSION, sha256_file
 from ..runtime.plan_file import PLAN_FILE, write_plan_file
+from .family import read_family
 from .lora import LoraSpec, merge_lora
 from .onnx_export import OPSET, component_modules, export_component
 from .openvino_tokenizer import write_openvino_tokenizer
@@ -27,7 +28,6 @@ from .staging import staging_folder, write_manifest
 # progress(done, total, what is being done now)
 Progress = Callable[[int, int, str], None]
 TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json")
-COMPONENTS = ("text_encoder", "unet", "vae_decoder", "vae_encoder")
 
 
 def export_checkpoint(source: str | os.PathLike, output: str | os.PathLike, *, allow_pickle: bool = False,
@@ -73,48 +73,52 @@ def _export_into(folder: Path, description: str, target: Path, verify: bool, rep
                  loras: Sequence[LoraSpec] = ()) -> None:
     import torch
     from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
+    family = read_family(folder)
     unet_config = _read_json(folder / "unet" / "config.json")
     vae_config = _read_json(folder / "vae" / "config.json")
-    text_config = _read_json(folder / "text_encoder" / "config.json")
     scheduler_config = _read_json(folder / "scheduler" / "scheduler_config.json")
-    if unet_config.get("addition_embed_type") == "text_time" or (folder / "text_encoder_2").is_dir():
-        raise ExportError("SDXL checkpoints are not supported yet; this release exports SD 1.x and 2.x.")
-    max_length = text_config.get("max_position_embeddings", 77)
-    tokenizer = _copy_tokenizer(folder / "tokenizer", target / "tokenizer", max_length)  # first: it checks the files
+    # first: they check the files
+    tokenizers = [_copy_tokenizer(folder, part.name, target, part.config.get("max_position_embeddings", 77))
+                  for part in family.text_encoders]
+    max_length = tokenizers[0]["max_length"]
 
     vae_scale = 2 ** (len(vae_config["block_out_channels"]) - 1)
     latent_multiple = 2 ** (len(unet_config["block_out_channels"]) - 1)
     latent_channels = vae_config.get("latent_channels", 4)
-    hidden = text_config["hidden_size"]
-    specs = {
-        "text_encoder": descriptors.text_encoder_spec(hidden, max_length),
+    specs = {part.name: descriptors.text_encoder_spec(
+        part.config["hidden_size"], max_length, part.config["num_hidden_layers"],
+        part.config["projection_dim"] if part.projection else None, part.name) for part in family.text_encoders}
+    specs.update({
         "unet": descriptors.unet_spec(unet_config.get("in_channels", 4), unet_config.get("out_channels", 4),
-                                      unet_config["cross_attention_dim"], latent_multiple),
+                                      unet_config["cross_attention_dim"], latent_multiple, family.pooled_size,
+                                      family.time_id_count or None),
         "vae_decoder": descriptors.vae_decoder_spec(latent_channels, vae_scale),
         "vae_encoder": descriptors.vae_encoder_spec(latent_channels, vae_scale),
-    }
+    })
     latent_h = max(16, 2 * latent_multiple)
     latent_w = latent_h + latent_multiple  # not square, so a swapped axis shows
     sizes = {"batch": 2, "sequence": max_length, "latent_height": latent_h, "latent_width": latent_w,
              "height": latent_h * vae_scale, "width": latent_w * vae_scale}
 
-    total = len(COMPONENTS) + 2
+    total = len(specs) + 2
     report(0, total, "loading the checkpoint")
     with torch.no_grad():
-        text_encoder = CLIPTextModel.from_pretrained(folder / "text_encoder", torch_dtype=torch.float32)
+        text_encoders = {part.name: (CLIPTextModelWithProjection if part.projection else CLIPTextModel).from_pretrained(
+            folder / part.name, torch_dtype=torch.float32) for part in family.text_encoders}
         unet = UNet2DConditionModel.from_pretrained(folder / "unet", torch_dtype=torch.float32)
         vae = AutoencoderKL.from_pretrained(folder / "vae", torch_dtype=torch.float32)
-    merged = [merge_lora({"unet": unet, "text_encoder": text_encoder}, spec) for spec in loras]
-    modules = component_modules(text_encoder, unet, vae)
-    configs = {"text_encoder": text_config, "unet": unet_config, "vae_decoder": vae_config, "vae_encoder": vae_config}
+    merged = [merge_lora({"unet": unet, **text_encoders}, spec) for spec in loras]
+    modules = component_modules({part.name: (text_encoders[part.name], part.final_layer_norm)
+                                 for part in family.text_encoders}, unet, vae, added_conditions=bool(family.time_ids))
+    configs = {**{part.name: part.config for part in family.text_encoders}, "unet": unet_config,
+               "vae_decoder": vae_config, "vae_encoder": vae_config}
 
     entries = {}
-    for done, name in enumerate(COMPONENTS, start=1):
+    for done, (name, spec) in enumerate(specs.items(), start=1):
         report(done, total, f"exporting {name}")
-        spec = specs[name]
-        exported = export_component(spec, modules[name], random_feeds(spec, sizes), target / name, verify=verify)
+        exported = export_component(spec, modules.pop(name), random_feeds(spec, sizes), target / name, verify=verify)
         entries[name] = {
             **spec.to_json(),
             "path": f"{name}/model.onnx",
@@ -125,10 +129,11 @@ def _export_into(folder: Path, description: str, target: Path, verify: bool, rep
             "max_abs_diff_vs_torch": exported.max_abs_diff,
             "config": {k: v for k, v in configs[name].items() if not k.startswith("_")},
         }
-    del modules, text_encoder, unet, vae
+    del modules, text_encoders, unet, vae
 
-    report(total - 1, total, "copying and converting the tokenizer, compiling sampler plans")
-    tokenizer["files"].update(write_openvino_tokenizer(target / "tokenizer", tokenizer["max_length"]))
+    report(total - 1, total, "copying and converting the tokenizers, compiling sampler plans")
+    for tokenizer in tokenizers:
+        tokenizer["files"].update(write_openvino_tokenizer(target / tokenizer["name"], tokenizer["max_length"]))
     write_plan_file(target, scheduler_config)
 
     report(total, total, "writing the manifest")
@@ -136,7 +141,7 @@ def _export_into(folder: Path, description: str, target: Path, verify: bool, rep
     manifest = {
         "format": FORMAT,
         "schema_version": SCHEMA_VERSION,
-        "family": "sd2" if unet_config["cross_attention_dim"] == 1024 else "sd1",
+        "family": family.name,
         "pipeline": {
             "prediction_type": prediction,
             "latent_channels": latent_channels,
@@ -146,8 +151,9 @@ def _export_into(folder: Path, description: str, target: Path, verify: bool, rep
             "default_size": [unet_config["sample_size"] * vae_scale] * 2,
             "size_multiple": vae_scale * latent_multiple,
             "scheduler": scheduler_config,
+            **family.pipeline_entries(),
         },
-        "tokenizers": [tokenizer],
+        "tokenizers": tokenizers,
         "sampler_plans": PLAN_FILE,
         "components": entries,
         "files": _checksums(target),
@@ -161,23 +167,27 @@ def _export_into(folder: Path, description: str, target: Path, verify: bool, rep
     write_manifest(target, manifest)
 
 
-def _copy_tokenizer(source: Path, target: Path, max_length: int) -> dict:
+def _copy_tokenizer(checkpoint: Path, component: str, artifact: Path, max_length: int) -> dict:
+    """The tokenizer of text encoder `component` into the artifact (tokenizer/ for text_encoder,
+    tokenizer_2/ for text_encoder_2, as diffusers names them); its manifest entry."""
+    name = component.replace("text_encoder", "tokenizer")
+    source, target = checkpoint / name, artifact / name
     target.mkdir(parents=True)
     files = {}
-    for name in TOKENIZER_FILES:
-        if (source / name).is_file():
-            shutil.copyfile(source / name, target / name)
-            files[name.split(".")[0]] = f"tokenizer/{name}"
+    for filename in TOKENIZER_FILES:
+        if (source / filename).is_file():
+            shutil.copyfile(source / filename, target / filename)
+            files[filename.split(".")[0]] = f"{name}/{filename}"
     if "vocab" not in files or "merges" not in files:
         # transformers 5 saves tokenizer.json alone; the artifact keeps CLIP's two BPE files,
         # which the Python tokenizer and C++ hosts read.
         _write_bpe_files(source, target)
-        files.update(vocab="tokenizer/vocab.json", merges="tokenizer/merges.txt")
+        files.update(vocab=f"{name}/vocab.json", merges=f"{name}/merges.txt")
     vocab = _read_json(target / "vocab.json")
     settings = {}
-    for name in ("tokenizer_config.json", "special_tokens_map.json"):
-        if (source / name).is_file():
-            settings.update(_read_json(source / name))
+    for filename in ("tokenizer_config.json", "special_tokens_map.json"):
+        if (source / filename).is_file():
+            settings.update(_read_json(source / filename))
 
     def token_id(key: str, default: str) -> int:
         token = settings.get(key) or default
@@ -187,7 +197,7 @@ def _copy_tokenizer(source: Path, target: Path, max_length: int) -> dict:
         return vocab[token]
 
     return {
-        "name": "tokenizer",
+        "name": name,
         "kind": "clip_bpe",
         "files": files,
         "max_length": int(min(settings.get("model_max_length", max_length), max_length)),
@@ -195,7 +205,7 @@ def _copy_tokenizer(source: Path, target: Path, max_length: int) -> dict:
         "eos_id": token_id("eos_token", "<|endoftext|>"),
         "pad_id": token_id("pad_token", "<|endoftext|>"),
         "lowercase": True,
-        "for_component": "text_encoder",
+        "for_component": component,
     }
 
 

@@ -32,18 +32,25 @@ class ExportedComponent:
     max_abs_diff: float | None
 
 
-def component_modules(text_encoder, unet, vae):
-    """The torch modules whose forward signature matches each descriptor's inputs."""
+def component_modules(text_encoders: dict, unet, vae, *, added_conditions: bool = False) -> dict:
+    """The torch modules whose forward signature matches each descriptor's inputs, by component
+    name. `text_encoders`: name -> (CLIP text model, whether its stacked layer states get the
+    final layer norm); `added_conditions`: the UNet takes SDXL's pooled text and time ids."""
     import torch
 
     class TextEncoder(torch.nn.Module):
-        def __init__(self):
+        def __init__(self, model, final_layer_norm: bool):
             super().__init__()
-            self.model = text_encoder
+            self.model = model
+            self.final_layer_norm = final_layer_norm
 
         def forward(self, input_ids):
-            out = self.model(input_ids=input_ids, return_dict=True)
-            return out.last_hidden_state, out.pooler_output
+            out = self.model(input_ids=input_ids, output_hidden_states=True, return_dict=True)
+            pooled = out.text_embeds if hasattr(out, "text_embeds") else out.pooler_output
+            layers = torch.stack(out.hidden_states)
+            if self.final_layer_norm:  # (what diffusers' clip_skip applies to the layer it reads)
+                layers = getattr(self.model, "text_model", self.model).final_layer_norm(layers)
+            return out.last_hidden_state, pooled, layers
 
     class UNet(torch.nn.Module):
         def __init__(self):
@@ -52,6 +59,11 @@ def component_modules(text_encoder, unet, vae):
 
         def forward(self, sample, timestep, encoder_hidden_states):
             return self.model(sample, timestep, encoder_hidden_states, return_dict=False)[0]
+
+    class AddedConditionsUNet(UNet):
+        def forward(self, sample, timestep, encoder_hidden_states, text_embeds, time_ids):  # type: ignore[override]
+            return self.model(sample, timestep, encoder_hidden_states, return_dict=False,
+                              added_cond_kwargs={"text_embeds": text_embeds, "time_ids": time_ids})[0]
 
     class VaeDecoder(torch.nn.Module):
         def __init__(self):
@@ -69,7 +81,10 @@ def component_modules(text_encoder, unet, vae):
         def forward(self, sample):
             return self.model.encode(sample, return_dict=True).latent_dist.parameters
 
-    return {"text_encoder": TextEncoder(), "unet": UNet(), "vae_decoder": VaeDecoder(), "vae_encoder": VaeEncoder()}
+    modules = {name: TextEncoder(model, normed) for name, (model, normed) in text_encoders.items()}
+    modules.update(unet=AddedConditionsUNet() if added_conditions else UNet(), vae_decoder=VaeDecoder(),
+                   vae_encoder=VaeEncoder())
+    return modules
 
 
 def _dynamic_shapes(spec: ComponentSpec):

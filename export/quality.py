@@ -86,9 +86,10 @@ def measure(artifact: Artifact, precision: str, names: list[str], backend: str, 
     component_reports = {}
     for name in names:
         role = artifact.manifest["components"][name]["role"]
-        session = variant.sessions[role]  # the variant pipeline runs every network made here in `precision`
+        key = name if name in variant.sessions else role  # (text encoders go by name: SDXL has two)
+        session = variant.sessions[key]  # the variant pipeline runs every network made here in `precision`
         differences = []
-        for feeds, outputs in recorders[role].calls:
+        for feeds, outputs in recorders[key].calls:
             first = next(iter(outputs))
             differences.append(np.abs(session.run(feeds)[first] - outputs[first]).astype(np.float64))
         flat = np.concatenate([d.ravel() for d in differences])

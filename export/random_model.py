@@ -8,28 +8,33 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..models.configs import checkpoint_config
-from .source import EXPORT_PACKAGES, require_packages, write_config_folder
+from .source import EXPORT_PACKAGES, ExportError, require_packages, write_config_folder
 
 
 def build_random_pipeline(config_name: str, folder: Path, seed: int = 0) -> Path:
-    """Write a random-weight SD pipeline of the named config (`tiny`, `sd15`, their `-inpainting` forms) to `folder`."""
+    """Write a random-weight pipeline of the named config (models.configs.KNOWN_CONFIGS: `tiny`,
+    `sd15`, `sd2`, `sdxl`, ...) to `folder`, in the diffusers layout."""
     require_packages("Building a random-weight model", EXPORT_PACKAGES)
     import torch
     from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    config = checkpoint_config(config_name)
+    try:
+        config = checkpoint_config(config_name)
+    except ValueError as error:  # (an unknown name: the message lists the known ones)
+        raise ExportError(str(error)) from None
     folder = Path(folder)
     write_config_folder(folder, config)
+    encoders = {"text_encoder": CLIPTextModel, "text_encoder_2": CLIPTextModelWithProjection}
     with torch.random.fork_rng(devices=[]):  # leave the caller's global generator untouched
         torch.manual_seed(seed)
-        text_encoder = CLIPTextModel(CLIPTextConfig(**config["text_encoder"]))
-        unet = UNet2DConditionModel(**config["unet"])
-        vae = AutoencoderKL(**config["vae"])
-    text_encoder.save_pretrained(folder / "text_encoder")
-    _prefix_text_encoder_file(folder / "text_encoder" / "model.safetensors")
-    unet.save_pretrained(folder / "unet")
-    vae.save_pretrained(folder / "vae")
+        # one network at a time: the real SDXL sizes hold 10 GiB of fp32 UNet weights
+        for name, cls in encoders.items():
+            if name in config:
+                cls(CLIPTextConfig(**config[name])).save_pretrained(folder / name)
+                _prefix_text_encoder_file(folder / name / "model.safetensors")
+        UNet2DConditionModel(**config["unet"]).save_pretrained(folder / "unet")
+        AutoencoderKL(**config["vae"]).save_pretrained(folder / "vae")
     return folder
 
 
@@ -40,7 +45,8 @@ def standard_text_encoder_keys(tensors: dict) -> dict:
     transformers 4.x (what diffusers-based tools such as optimum pin) then loads none of those
     weights and silently starts from random ones. transformers 5 reads both layouts.
     """
-    return {key if key.startswith("text_model.") else f"text_model.{key}": value for key, value in tensors.items()}
+    standard = ("text_model.", "text_projection.")  # (the projection of CLIPTextModelWithProjection stays)
+    return {key if key.startswith(standard) else f"text_model.{key}": value for key, value in tensors.items()}
 
 
 def _prefix_text_encoder_file(path: Path) -> None:

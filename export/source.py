@@ -15,7 +15,7 @@ from ..runtime.errors import SdrtError
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl")
 SINGLE_FILE_SUFFIXES = (".safetensors",)
-REQUIRED_PARTS = ("text_encoder", "tokenizer", "unet", "vae", "scheduler")
+REQUIRED_PARTS = ("unet", "vae", "scheduler")
 
 
 class ExportError(SdrtError):
@@ -82,6 +82,10 @@ def _check_diffusers_folder(folder: Path) -> None:
         raise ExportError(f"{folder} has no model_index.json; give a folder in the diffusers layout "
                           "(as saved by `pipeline.save_pretrained`).")
     missing = [part for part in REQUIRED_PARTS if not (folder / part).is_dir()]
+    encoders = [suffix for suffix in ("", "_2") if (folder / f"text_encoder{suffix}").is_dir()]
+    if not encoders:
+        missing.append("text_encoder")
+    missing += [f"tokenizer{suffix}" for suffix in encoders if not (folder / f"tokenizer{suffix}").is_dir()]
     if missing:
         raise ExportError(f"{folder} lacks the sub-folder(s) {', '.join(missing)} of a Stable Diffusion pipeline.")
 
@@ -96,8 +100,9 @@ def _download(repo_id: str) -> Path:
         from huggingface_hub import snapshot_download
     except ImportError as error:  # pragma: no cover - huggingface_hub comes with diffusers
         raise ExportError("Downloading from the hub needs huggingface_hub: pip install 'sdrt[export]'.") from error
-    patterns = ["model_index.json", "scheduler/*", "tokenizer/*", "text_encoder/*.json", "unet/*.json",
-                "vae/*.json", "text_encoder/*.safetensors", "unet/*.safetensors", "vae/*.safetensors"]
+    patterns = ["model_index.json", "scheduler/*", "tokenizer/*", "tokenizer_2/*", "unet/*.json", "vae/*.json",
+                "unet/*.safetensors", "vae/*.safetensors", "text_encoder/*.json", "text_encoder/*.safetensors",
+                "text_encoder_2/*.json", "text_encoder_2/*.safetensors"]
     try:
         folder = Path(snapshot_download(repo_id, allow_patterns=patterns))
     except Exception as error:
@@ -136,32 +141,44 @@ def _from_single_file(path: Path, work_dir: Path | None, config: str, *, allow_p
 
 
 def write_config_folder(folder: Path, config: dict) -> None:
-    """The config files (no weights) of a diffusers SD folder, plus the CLIP tokenizer."""
+    """The config files (no weights) of a diffusers SD or SDXL folder, plus its CLIP tokenizers."""
     from diffusers import __version__ as diffusers_version
 
     from ..models.clip_vocab import write_clip_tokenizer
 
     inpainting = config["unet"]["in_channels"] == 9
+    sdxl = "text_encoder_2" in config
+    if sdxl:
+        pipeline_class = "StableDiffusionXLPipeline" if "text_encoder" in config else "StableDiffusionXLImg2ImgPipeline"
+    else:
+        pipeline_class = "StableDiffusionInpaintPipeline" if inpainting else "StableDiffusionPipeline"
     index = {
-        "_class_name": "StableDiffusionInpaintPipeline" if inpainting else "StableDiffusionPipeline",
+        "_class_name": pipeline_class,
         "_diffusers_version": diffusers_version,  # diffusers' inpainting pipeline reads it
-        "text_encoder": ["transformers", "CLIPTextModel"],
-        "tokenizer": ["transformers", "CLIPTokenizer"],
         "unet": ["diffusers", "UNet2DConditionModel"],
         "vae": ["diffusers", "AutoencoderKL"],
         "scheduler": ["diffusers", config["scheduler"]["_class_name"]],
-        "safety_checker": [None, None],
-        "feature_extractor": [None, None],
-        "requires_safety_checker": False,
+        **config.get("pipeline", {}),
     }
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "model_index.json").write_text(json.dumps(index, indent=2))
-    text = {**config["text_encoder"], "architectures": ["CLIPTextModel"], "model_type": "clip_text_model"}
-    files = {"text_encoder/config.json": text,
-             "unet/config.json": {**config["unet"], "_class_name": "UNet2DConditionModel"},
+    if not sdxl:
+        index.update(safety_checker=[None, None], feature_extractor=[None, None], requires_safety_checker=False)
+    files = {"unet/config.json": {**config["unet"], "_class_name": "UNet2DConditionModel"},
              "vae/config.json": {**config["vae"], "_class_name": "AutoencoderKL"},
              "scheduler/scheduler_config.json": config["scheduler"]}
+    for suffix, architecture in (("", "CLIPTextModel"), ("_2", "CLIPTextModelWithProjection")):
+        if f"text_encoder{suffix}" not in config:
+            if sdxl:  # (the refiner has no first encoder: diffusers records it as null)
+                index[f"text_encoder{suffix}"] = index[f"tokenizer{suffix}"] = [None, None]
+            continue
+        index[f"text_encoder{suffix}"] = ["transformers", architecture]
+        index[f"tokenizer{suffix}"] = ["transformers", "CLIPTokenizer"]
+        text = {**config[f"text_encoder{suffix}"], "architectures": [architecture], "model_type": "clip_text_model"}
+        files[f"text_encoder{suffix}/config.json"] = text
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "model_index.json").write_text(json.dumps(index, indent=2))
     for name, content in files.items():
         (folder / name).parent.mkdir(parents=True, exist_ok=True)
         (folder / name).write_text(json.dumps(content, indent=2))
-    write_clip_tokenizer(folder / "tokenizer")
+    for suffix in ("", "_2"):
+        if f"text_encoder{suffix}" in config:
+            write_clip_tokenizer(folder / f"tokenizer{suffix}", **config.get(f"tokenizer{suffix}", {}))

@@ -101,8 +101,13 @@ def make_variants(artifact_root: str | Path, precision: str, components: Iterabl
     require_packages(f"Making {precision} variants", maker.packages)
     root = Path(artifact_root)
     artifact = open_artifact(root)
-    names = list(components) if components is not None else list(maker.components)
     known = [n for n, e in artifact.manifest["components"].items() if e["role"] in ROLES]
+    if components is None:  # the precision's usual networks; "text_encoder" stands for every text encoder (SDXL's two)
+        text = "text_encoder" in maker.components
+        names = [n for n in known if n in maker.components or text and
+                 artifact.manifest["components"][n]["role"] == "text_encoder"]
+    else:
+        names = list(components)
     unknown = sorted(set(names) - set(known))
     if unknown or not names:
         raise ExportError(f"Choose components among {', '.join(known)}; got {', '.join(unknown) or 'none'}.")

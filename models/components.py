@@ -109,7 +109,12 @@ class ComponentSpec:
 class TextEncoderIO:
     input_ids: str = "input_ids"
     hidden_states: str = "last_hidden_state"
-    pooled: str = "pooler_output"
+    pooled: str = "pooler_output"  # a CLIP text model's pooled output (the end token's state)
+    projected: str = "text_embeds"  # a CLIP text model with projection: the pooled output, projected
+    # every layer's output, stacked: (layers + 1, batch, sequence, hidden), the embeddings first;
+    # the final layer norm applied to each where the family's conditioning reads normed states
+    # (the manifest's pipeline.text_encoders[].final_layer_norm). CLIP skip reads an earlier layer.
+    layers: str = "hidden_states"
 
 
 @dataclass(frozen=True)
@@ -118,6 +123,9 @@ class DenoiserIO:
     timestep: str = "timestep"
     text: str = "encoder_hidden_states"  # the text encoder's hidden states, chunks one after another
     prediction: str = "out_sample"  # noise, v or flow, as the manifest's prediction_type says
+    # SDXL's added conditions: the pooled text projection and the size / aesthetic conditions
+    pooled_text: str = "text_embeds"
+    time_ids: str = "time_ids"
 
 
 @dataclass(frozen=True)
@@ -135,22 +143,32 @@ class VaeEncoderIO:
 TEXT_ENCODER, DENOISER, VAE_DECODER, VAE_ENCODER = TextEncoderIO(), DenoiserIO(), VaeDecoderIO(), VaeEncoderIO()
 
 
-def text_encoder_spec(hidden_size: int, max_length: int) -> ComponentSpec:
+def text_encoder_spec(hidden_size: int, max_length: int, num_layers: int, projection_dim: int | None = None,
+                      name: str = "text_encoder") -> ComponentSpec:
+    """A CLIP text encoder; `projection_dim`: one with a text projection (SDXL's second)."""
+    pooled = (TensorSpec(TEXT_ENCODER.pooled, "float32", ("batch", hidden_size)) if projection_dim is None else
+              TensorSpec(TEXT_ENCODER.projected, "float32", ("batch", projection_dim)))
     return ComponentSpec(
-        name="text_encoder",
+        name=name,
         role="text_encoder",
         inputs=(TensorSpec(TEXT_ENCODER.input_ids, "int64", ("batch", "sequence")),),
         outputs=(
             TensorSpec(TEXT_ENCODER.hidden_states, "float32", ("batch", "sequence", hidden_size)),
-            TensorSpec(TEXT_ENCODER.pooled, "float32", ("batch", hidden_size)),
+            pooled,
+            TensorSpec(TEXT_ENCODER.layers, "float32", (num_layers + 1, "batch", "sequence", hidden_size)),
         ),
         axis_ranges={"batch": (1, BATCH_MAX), "sequence": (1, max_length)},
     )
 
 
-def unet_spec(in_channels: int, out_channels: int, text_hidden_size: int, latent_multiple: int) -> ComponentSpec:
+def unet_spec(in_channels: int, out_channels: int, text_hidden_size: int, latent_multiple: int,
+              pooled_text_size: int | None = None, time_ids: int | None = None) -> ComponentSpec:
+    """The UNet; `pooled_text_size` and `time_ids` (their widths): SDXL's added conditions."""
     # The sequence axis of the text embeddings is dynamic so that long prompts (several
     # 77-token chunks concatenated) reach the cross-attention unchanged.
+    added = () if pooled_text_size is None or time_ids is None else (
+        TensorSpec(DENOISER.pooled_text, "float32", ("batch", pooled_text_size)),
+        TensorSpec(DENOISER.time_ids, "float32", ("batch", time_ids)))
     return ComponentSpec(
         name="unet",
         role="denoiser",
@@ -158,6 +176,7 @@ def unet_spec(in_channels: int, out_channels: int, text_hidden_size: int, latent
             TensorSpec(DENOISER.sample, "float32", ("batch", in_channels, "latent_height", "latent_width")),
             TensorSpec(DENOISER.timestep, "float32", ("batch",)),
             TensorSpec(DENOISER.text, "float32", ("batch", "sequence", text_hidden_size)),
+            *added,
         ),
         outputs=(TensorSpec(DENOISER.prediction, "float32",
                             ("batch", out_channels, "latent_height", "latent_width")),),
@@ -210,6 +229,8 @@ def random_feeds(spec: ComponentSpec, sizes: dict[str, int], seed: int = 0) -> d
             feeds[tensor.name] = rng.integers(0, 49406, size=shape, dtype=np.int64)
         elif tensor.name == DENOISER.timestep:
             feeds[tensor.name] = rng.uniform(1, 999, size=shape).astype(np.float32)
+        elif tensor.name == DENOISER.time_ids:  # sizes and crops in pixels
+            feeds[tensor.name] = rng.integers(0, 1024, size=shape).astype(np.float32)
         else:
             feeds[tensor.name] = rng.standard_normal(shape).astype(np.float32)
     return feeds

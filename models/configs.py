@@ -1,8 +1,15 @@
 """Checkpoint configs, keyed the way the diffusers folder layout keys them.
 
-`sd15` holds the real Stable Diffusion 1.5 sizes (UNet 860M parameters); `tiny` holds the
-sizes of diffusers' own test suite. The exporter's random-weight builder turns either into
-a diffusers folder, so that tests and benchmarks exercise the real code paths offline.
+The real sizes of each family: `sd15` (UNet 860M parameters), `sd2` (SD 2.1 768-v: OpenCLIP
+ViT-H text encoder, v-prediction), `sd-turbo` (SD 2.1 sizes at 512x512, trailing Euler),
+`sdxl` (two text encoders, a 2.6B UNet with added conditions), `sdxl-refiner`, `lcm` (an
+SD 1.5 UNet with a guidance embedding); `tiny` holds the sizes of diffusers' own test suite and
+`tiny-<family>` small configs of each family that differ from those of diffusers' tests (other
+level counts, heads per level, transformer depths, cross-attention widths). The exporter's
+random-weight builder turns any of them into a diffusers folder, so that tests and benchmarks
+exercise the real code paths offline. A config may also hold `text_encoder_2` (a CLIP text
+model with projection), `tokenizer` / `tokenizer_2` settings (the pad token) and `pipeline`
+(what model_index.json says beyond the component classes).
 """
 from __future__ import annotations
 
@@ -98,16 +105,121 @@ _CONFIGS["demo"] = {
                   "prediction_type": "v_prediction"},
 }
 
+# Stable Diffusion 2.1 (768-v): OpenCLIP ViT-H/14's text tower as a CLIP text model (23 of its 24
+# layers: SD 2 conditions on the penultimate one, and diffusers' checkpoints drop the last),
+# linear projections in the transformer blocks, heads per level, attention upcast to fp32.
+SD2_TEXT_ENCODER = {**CLIP_TEXT_COMMON, "hidden_size": 1024, "intermediate_size": 4096, "num_attention_heads": 16,
+                    "num_hidden_layers": 23, "projection_dim": 512, "hidden_act": "gelu"}
+SD2_UNET = {**_CONFIGS["sd15"]["unet"], "sample_size": 96, "cross_attention_dim": 1024,
+            "attention_head_dim": [5, 10, 20, 20], "use_linear_projection": True, "upcast_attention": True}
+# SD 2's tokenizer pads with "!" (id 0), not with the end token
+OPEN_CLIP_TOKENIZER = {"pad_token": "!"}
+_CONFIGS["sd2"] = {
+    "text_encoder": SD2_TEXT_ENCODER, "tokenizer": OPEN_CLIP_TOKENIZER, "unet": SD2_UNET,
+    "vae": {**_CONFIGS["sd15"]["vae"], "sample_size": 768},
+    "scheduler": {**SD1_SCHEDULER, "_class_name": "DDIMScheduler", "prediction_type": "v_prediction"},
+}
+# SD-Turbo (adversarial diffusion distillation of SD 2.1): 512x512, 1-4 steps without guidance.
+TURBO_SCHEDULER = {**SD1_SCHEDULER, "_class_name": "EulerDiscreteScheduler", "timestep_spacing": "trailing",
+                   "interpolation_type": "linear", "use_karras_sigmas": False}
+_CONFIGS["sd-turbo"] = {**_CONFIGS["sd2"], "unet": {**SD2_UNET, "sample_size": 64, "upcast_attention": False},
+                        "vae": _CONFIGS["sd15"]["vae"], "scheduler": TURBO_SCHEDULER}
+# An SD 2-style tiny model: three levels, heads per level, v-prediction, linear projections.
+_CONFIGS["tiny-sd2"] = {
+    "text_encoder": {**CLIP_TEXT_COMMON, "hidden_size": 48, "intermediate_size": 64, "num_attention_heads": 6,
+                     "num_hidden_layers": 4, "projection_dim": 24, "hidden_act": "gelu"},
+    "tokenizer": OPEN_CLIP_TOKENIZER,
+    "unet": {
+        "sample_size": 32, "in_channels": 4, "out_channels": 4,
+        "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+        "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+        "block_out_channels": [32, 64, 64], "layers_per_block": 1, "cross_attention_dim": 48,
+        "attention_head_dim": [2, 4, 4], "use_linear_projection": True, "upcast_attention": True, "norm_num_groups": 32,
+    },
+    "vae": _CONFIGS["tiny"]["vae"],
+    "scheduler": {**SD1_SCHEDULER, "_class_name": "DDIMScheduler", "prediction_type": "v_prediction"},
+}
+_CONFIGS["tiny-sd-turbo"] = {**_CONFIGS["tiny-sd2"], "scheduler": TURBO_SCHEDULER}
+
+# SDXL 1.0 base: CLIP ViT-L (text_encoder) and OpenCLIP ViT-bigG with its projection
+# (text_encoder_2); the UNet reads both encoders' penultimate states side by side (768 + 1280)
+# and adds the second's pooled projection and six size conditions ("time ids", each embedded
+# in 256 sinusoidal features: 1280 + 6 * 256 = 2816).
+SDXL_SCHEDULER = {**SD1_SCHEDULER, "_class_name": "EulerDiscreteScheduler", "interpolation_type": "linear",
+                  "use_karras_sigmas": False}
+BIG_G_TEXT_ENCODER = {**CLIP_TEXT_COMMON, "hidden_size": 1280, "intermediate_size": 5120, "num_attention_heads": 20,
+                      "num_hidden_layers": 32, "projection_dim": 1280, "hidden_act": "gelu"}
+SDXL_UNET = {
+    "sample_size": 128, "in_channels": 4, "out_channels": 4,
+    "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+    "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+    "block_out_channels": [320, 640, 1280], "layers_per_block": 2, "transformer_layers_per_block": [1, 2, 10],
+    "attention_head_dim": [5, 10, 20], "cross_attention_dim": 2048, "use_linear_projection": True,
+    "addition_embed_type": "text_time", "addition_time_embed_dim": 256,
+    "projection_class_embeddings_input_dim": 2816, "norm_num_groups": 32,
+}
+SDXL_VAE = {**_CONFIGS["sd15"]["vae"], "sample_size": 1024, "scaling_factor": 0.13025, "force_upcast": True}
+_CONFIGS["sdxl"] = {
+    "text_encoder": _CONFIGS["sd15"]["text_encoder"], "text_encoder_2": BIG_G_TEXT_ENCODER,
+    "tokenizer_2": OPEN_CLIP_TOKENIZER, "unet": SDXL_UNET, "vae": SDXL_VAE, "scheduler": SDXL_SCHEDULER,
+    "pipeline": {"force_zeros_for_empty_prompt": True},
+}
+# SDXL-Turbo: the base's networks at 512x512, trailing Euler, 1-4 steps without guidance.
+_CONFIGS["sdxl-turbo"] = {**_CONFIGS["sdxl"], "unet": {**SDXL_UNET, "sample_size": 64},
+                          "vae": {**SDXL_VAE, "sample_size": 512}, "scheduler": TURBO_SCHEDULER}
+# The SDXL 1.0 refiner: text_encoder_2 alone; the aesthetic score replaces the target size in
+# the time ids (1280 + 5 * 256 = 2560).
+_CONFIGS["sdxl-refiner"] = {
+    "text_encoder_2": BIG_G_TEXT_ENCODER, "tokenizer_2": OPEN_CLIP_TOKENIZER,
+    "unet": {**SDXL_UNET, "block_out_channels": [384, 768, 1536, 1536], "attention_head_dim": [6, 12, 24, 24],
+             "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+             "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+             "transformer_layers_per_block": 4, "cross_attention_dim": 1280,
+             "projection_class_embeddings_input_dim": 2560},
+    "vae": SDXL_VAE, "scheduler": SDXL_SCHEDULER,
+    "pipeline": {"force_zeros_for_empty_prompt": False, "requires_aesthetics_score": True},
+}
+# Tiny SDXL-style models: encoders of different widths (32 + 48 = 80 wide states, pooled 40),
+# three UNet levels with transformer depths 1 and 2, time ids embedded in 8 features.
+TINY_TEXT_ENCODER_2 = {**CLIP_TEXT_COMMON, "hidden_size": 48, "intermediate_size": 64, "num_attention_heads": 4,
+                       "num_hidden_layers": 3, "projection_dim": 40, "hidden_act": "gelu"}
+TINY_SDXL_UNET = {
+    "sample_size": 32, "in_channels": 4, "out_channels": 4,
+    "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+    "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+    "block_out_channels": [32, 64, 64], "layers_per_block": 1, "transformer_layers_per_block": [1, 1, 2],
+    "attention_head_dim": [2, 4, 8], "cross_attention_dim": 80, "use_linear_projection": True,
+    "addition_embed_type": "text_time", "addition_time_embed_dim": 8,
+    "projection_class_embeddings_input_dim": 40 + 6 * 8, "norm_num_groups": 32,
+}
+TINY_SDXL_VAE = {**_CONFIGS["tiny"]["vae"], "scaling_factor": 0.13025}
+_CONFIGS["tiny-sdxl"] = {
+    "text_encoder": _CONFIGS["tiny"]["text_encoder"], "text_encoder_2": TINY_TEXT_ENCODER_2,
+    "tokenizer_2": OPEN_CLIP_TOKENIZER, "unet": TINY_SDXL_UNET, "vae": TINY_SDXL_VAE, "scheduler": SDXL_SCHEDULER,
+    "pipeline": {"force_zeros_for_empty_prompt": True},
+}
+_CONFIGS["tiny-sdxl-turbo"] = {**_CONFIGS["tiny-sdxl"], "scheduler": TURBO_SCHEDULER}
+_CONFIGS["tiny-sdxl-refiner"] = {
+    "text_encoder_2": TINY_TEXT_ENCODER_2, "tokenizer_2": OPEN_CLIP_TOKENIZER,
+    "unet": {**TINY_SDXL_UNET, "cross_attention_dim": 48, "transformer_layers_per_block": 1,
+             "projection_class_embeddings_input_dim": 40 + 5 * 8},
+    "vae": TINY_SDXL_VAE, "scheduler": SDXL_SCHEDULER,
+    "pipeline": {"force_zeros_for_empty_prompt": False, "requires_aesthetics_score": True},
+}
+
 # The inpainting checkpoints (runwayml's SD 1.5 inpainting): a UNet that also takes the mask
 # and the masked image's latents, 4 + 1 + 4 input channels.
-for _name in ("sd15", "tiny"):
+for _name in ("sd15", "tiny", "sd2", "tiny-sd2"):
     _CONFIGS[f"{_name}-inpainting"] = {**_CONFIGS[_name], "unet": {**_CONFIGS[_name]["unet"], "in_channels": 9}}
+# SD 2's inpainting checkpoint is a 512x512 epsilon model
+_CONFIGS["sd2-inpainting"]["unet"] = {**_CONFIGS["sd2-inpainting"]["unet"], "sample_size": 64}
+_CONFIGS["sd2-inpainting"]["scheduler"] = {**_CONFIGS["sd2"]["scheduler"], "prediction_type": "epsilon"}
 
 KNOWN_CONFIGS = tuple(_CONFIGS)
 
 
 def checkpoint_config(name: str) -> dict:
-    """A deep copy of the named config (`sd15` or `tiny`)."""
+    """A deep copy of the named config (KNOWN_CONFIGS)."""
     if name not in _CONFIGS:
         raise ValueError(f"Unknown model config {name!r}; known configs: {', '.join(KNOWN_CONFIGS)}.")
     return copy.deepcopy(_CONFIGS[name])

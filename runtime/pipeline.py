@@ -22,20 +22,23 @@ from .artifact import Artifact, open_artifact
 from .backends import Capabilities, DenoiserSession, SessionOptions, backend_module, best_backend
 from .backends.shape_profiles import default_profile
 from .cache import default_engine_cache
+from .conditioning import conditioning, text_encoder_uses, time_id_values
 from .errors import ArtifactError, RequestError
 from .image_input import image_size, nearest_resize, outpaint_canvas, soft_mask, to_mask, to_pixels
 from .loop import run_plan
 from .memory import available_memory, estimate_request
 from .noise import INITIAL_LATENTS_STREAM, VAE_SAMPLE_STREAM, gaussian_noise, step_noise_stream
 from .precisions import Precision, resolve_precisions
-from .prompts import parse_prompt, weigh_embeddings
 from .request import (
     OUTPUT_TYPES,
     GenerationRequest,
     ImageInput,
+    SizeConditions,
+    clip_skip_value,
     guidance_copies,
     guidance_value,
     images_per_prompt_value,
+    latent_image,
     latents_value,
     mask_blur_value,
     output_type_value,
@@ -44,10 +47,19 @@ from .request import (
     size_value,
 )
 from .run_time_weights import RunTimeWeights
-from .samplers import SamplerPlan, compile_img2img_plan, compile_plan, default_sampler
-from .tokenizer import ClipTokenizer
+from .samplers import (
+    SamplerPlan,
+    compile_handoff_plan,
+    compile_img2img_plan,
+    compile_plan,
+    default_sampler,
+    end_plan_at,
+)
 from .watermark import MIN_PIXELS as WATERMARK_MIN_PIXELS
 from .watermark import embed as embed_watermark
+
+# the model families this runtime runs (the manifest's family field)
+FAMILIES = ("sd1", "sd2", "sdxl")
 
 __all__ = ["OUTPUT_TYPES", "GenerationRequest", "GenerationResult", "StableDiffusionPipeline", "load"]
 
@@ -86,8 +98,9 @@ class StableDiffusionPipeline(RunTimeWeights):
         options = options or SessionOptions()
         # refuse requests whose estimated activations exceed the memory available (runtime/memory.py)
         self.memory_check = memory_check
-        if artifact.family not in ("sd1", "sd2"):
-            raise ArtifactError(f"This sdrt runs the sd1 and sd2 families; the artifact is {artifact.family!r}.")
+        if artifact.family not in FAMILIES:
+            raise ArtifactError(f"This sdrt runs the {', '.join(FAMILIES)} families; the artifact is "
+                                f"{artifact.family!r}. Upgrade sdrt to run it.")
         module = backend_module(backend)
         self._capabilities: Capabilities = module.CAPABILITIES
         self._capabilities.check(backend, options)
@@ -104,8 +117,11 @@ class StableDiffusionPipeline(RunTimeWeights):
         started = time.perf_counter()
         sessions = {}
         self._computes = {}  # role -> the compute precision its session was opened with
-        for role in ("text_encoder", "denoiser", "vae_decoder"):
-            name = artifact.component_for_role(role).spec.name
+        # the text encoders go by their component names (text_encoder, text_encoder_2), the rest by role
+        self._text_encoders = text_encoder_uses(artifact)
+        keys = {use.component: use.component for use in self._text_encoders}
+        keys.update((role, artifact.component_for_role(role).spec.name) for role in ("denoiser", "vae_decoder"))
+        for role, name in keys.items():
             chosen = self.precisions[name]
             component = artifact.variant(name, "fp32" if chosen == "bf16" else chosen)
             # a variant may ask for its float operations in bf16 (int8 on openvino)
@@ -123,16 +139,21 @@ class StableDiffusionPipeline(RunTimeWeights):
         # the networks' inputs); every call goes through this dict.
         self.sessions = {role: session for role, (_, session) in sessions.items()}
         self.load_seconds = time.perf_counter() - started
-        entry = artifact.tokenizer_entry("text_encoder")
-        self.tokenizer = ClipTokenizer.from_folder(
-            artifact.file(entry["files"]["vocab"]).parent, bos_id=entry["bos_id"], eos_id=entry["eos_id"],
-            pad_id=entry["pad_id"], max_length=entry["max_length"])
+        self.tokenizer = self._text_encoders[0].tokenizer  # (the one textual inversion teaches)
         # Long prompts: as many 77-token chunks as the UNet's text sequence axis takes.
         denoiser = self._components["denoiser"].spec
         sequence = denoiser.tensor(DENOISER.text).shape[1]
-        longest = denoiser.axis_ranges.get(sequence, (1, entry["max_length"]))[1] \
-            if isinstance(sequence, str) else sequence
-        self.max_prompt_chunks = max(1, longest // entry["max_length"])
+        max_length = self.tokenizer.max_length
+        longest = denoiser.axis_ranges.get(sequence, (1, max_length))[1] if isinstance(sequence, str) else sequence
+        self.max_prompt_chunks = max(1, longest // max_length)
+        # SDXL's added conditions: the time-id fields in the UNet's order, and whether a missing
+        # negative prompt means zero embeddings (diffusers' force_zeros_for_empty_prompt)
+        self.time_id_fields: list[str] = list(artifact.pipeline.get("time_ids", []))
+        self.force_zeros_for_empty_prompt = bool(artifact.pipeline.get("force_zeros_for_empty_prompt", False))
+        # the deepest CLIP skip every text encoder can take (0 where one gives its last layer only)
+        self.max_clip_skip = min(
+            int(artifact.component(use.component).spec.tensor(TEXT_ENCODER.layers).shape[0]) - 1 + use.layer
+            if use.has_layers else 0 for use in self._text_encoders)
         pipeline = artifact.pipeline
         self.latent_channels = pipeline["latent_channels"]
         self.vae_scale_factor = pipeline["vae_scale_factor"]
@@ -149,22 +170,20 @@ class StableDiffusionPipeline(RunTimeWeights):
     def default_sampler(self) -> str:
         return default_sampler(self.artifact.pipeline["scheduler"])
 
-    def plan(self, num_inference_steps: int, scheduler: str | None = None,
-             strength: float | None = None, from_noise: bool = False) -> SamplerPlan:
+    def plan(self, num_inference_steps: int, scheduler: str | None = None, strength: float | None = None,
+             from_noise: bool = False, denoising_start: float | None = None) -> SamplerPlan:
         """The sampler plan a request with these settings runs (one UNet call per step);
-        with `strength`, an image-to-image request's (`from_noise`: inpainting at strength 1)."""
+        with `strength`, an image-to-image request's (`from_noise`: inpainting at strength 1);
+        with `denoising_start`, a refiner's that continues a base model's run from there."""
         sampler, config = scheduler or self.default_sampler, self.artifact.pipeline["scheduler"]
+        if denoising_start is not None:
+            return compile_handoff_plan(sampler, config, num_inference_steps, denoising_start)
         if strength is None:
             return compile_plan(sampler, config, num_inference_steps)
         return compile_img2img_plan(sampler, config, num_inference_steps, strength, from_noise)
 
     def __call__(self, prompt: str | list[str], negative_prompt: str | list[str] | None = None, *,
-                 image=None, strength: float | None = None, mask_image=None, keep_unmasked: bool = True,
-                 mask_blur: float = 0.0, watermark: bool = False,
-                 num_inference_steps: int = 50, guidance_scale: float = 7.5, height: int | None = None,
-                 width: int | None = None, seed: int | None = None, scheduler: str | None = None,
-                 latents: np.ndarray | None = None, num_images_per_prompt: int = 1, output_type: str = "pil",
-                 callback: StepCallback | None = None) -> GenerationResult:
+                 callback: StepCallback | None = None, **options) -> GenerationResult:
         """Generate images for `prompt`.
 
         `latents` are standard-normal initial latents (batch, channels, height/f, width/f); they
@@ -192,47 +211,93 @@ class StableDiffusionPipeline(RunTimeWeights):
         `watermark=True` marks every image invisibly as Stable Diffusion's own scripts did
         (sdrt.runtime.watermark; images of 256x256 pixels or more).
 
-        The same as `pipe.run(pipe.request(...), callback)`.
+        SDXL (Podell et al. 2023): `prompt_2` / `negative_prompt_2` go to the second text encoder
+        (default: the first's); `original_size`, `crops_coords_top_left`, `target_size` (and the
+        refiner's `aesthetic_score`) and their `negative_` forms are the size conditions, as
+        diffusers' keywords ((height, width) pairs; sizes default to the request's, crops to (0, 0),
+        each negative to its positive). Without a negative prompt an SDXL base guides against zero
+        embeddings (its force_zeros_for_empty_prompt), as diffusers. `denoising_end` (a fraction)
+        stops a text-to-image run at that point of the schedule, for a refiner to finish from
+        `image=` those latents with the same `denoising_start` (diffusers' ensemble of experts).
+
+        `clip_skip` (diffusers' keyword; the web UIs' "CLIP skip" minus one): condition on that
+        many layers before the one the model was trained with, for every family.
+
+        The same as `pipe.run(pipe.request(prompt, negative_prompt, **options), callback)`.
         """
-        return self.run(self.request(
-            prompt, negative_prompt, image=image, strength=strength, mask_image=mask_image,
-            keep_unmasked=keep_unmasked, mask_blur=mask_blur, watermark=watermark,
-            num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, height=height, width=width,
-            seed=seed, scheduler=scheduler, latents=latents, num_images_per_prompt=num_images_per_prompt,
-            output_type=output_type), callback)
+        return self.run(self.request(prompt, negative_prompt, **options), callback)
 
     def request(self, prompt: str | list[str], negative_prompt: str | list[str] | None = None, *,
                 image=None, strength: float | None = None, mask_image=None, keep_unmasked: bool = True,
                 mask_blur: float = 0.0, watermark: bool = False, num_inference_steps: int = 50,
                 guidance_scale: float = 7.5, height: int | None = None, width: int | None = None,
                 seed: int | None = None, scheduler: str | None = None, latents: np.ndarray | None = None,
-                num_images_per_prompt: int = 1, output_type: str = "pil") -> GenerationRequest:
-        """The validated request __call__ would run (same arguments, without the callback): every
-        argument checked, the sampler plan compiled once, before any network runs."""
+                num_images_per_prompt: int = 1, output_type: str = "pil", clip_skip: int | None = None,
+                prompt_2: str | list[str] | None = None, negative_prompt_2: str | list[str] | None = None,
+                original_size: tuple[int, int] | None = None, crops_coords_top_left: tuple[int, int] = (0, 0),
+                target_size: tuple[int, int] | None = None, aesthetic_score: float = 6.0,
+                negative_original_size: tuple[int, int] | None = None,
+                negative_crops_coords_top_left: tuple[int, int] | None = None,
+                negative_target_size: tuple[int, int] | None = None, negative_aesthetic_score: float = 2.5,
+                denoising_end: float | None = None, denoising_start: float | None = None) -> GenerationRequest:
+        """The validated request __call__ would run (the same arguments, without the callback):
+        every argument checked, the sampler plan compiled once, before any network runs."""
         if watermark and output_type == "latent":
             raise RequestError("watermark marks images; output_type='latent' returns latents.")
         prompts, negatives = prompt_lists(prompt, negative_prompt)
+        second = (prompt_2, negative_prompt_2)
+        if self.artifact.family != "sdxl" and any(value is not None for value in second):
+            raise RequestError("prompt_2 and negative_prompt_2 go to SDXL's second text encoder; this artifact has one "
+                               "text encoder: put everything in prompt / negative_prompt.")
+        # each defaults to its first-encoder counterpart (None: the same prompts)
+        prompts_2 = None if prompt_2 is None else prompt_lists(prompt_2, None)[0]
+        if prompts_2 is not None and len(prompts_2) != len(prompts):
+            raise RequestError(f"prompt_2 has {len(prompts_2)} entries for {len(prompts)} prompts; give one each.")
+        negatives_2 = None if negative_prompt_2 is None else prompt_lists(prompts, negative_prompt_2)[1]
+        conditions = SizeConditions.of(original_size, crops_coords_top_left, target_size, aesthetic_score,
+                                       negative_original_size, negative_crops_coords_top_left, negative_target_size,
+                                       negative_aesthetic_score)
+        if not self.time_id_fields and conditions != SizeConditions():
+            raise RequestError("original_size, crops_coords_top_left, target_size, aesthetic_score and their negative_ "
+                               "forms are SDXL's size conditions; this artifact's UNet takes none.")
+        clip_skip = clip_skip_value(clip_skip, self.max_clip_skip)
         if mask_image is not None and image is None:
             raise RequestError("mask_image needs the image to inpaint: pass image= too.")
         if self.inpainting_unet and mask_image is None:
             raise RequestError("This artifact's UNet is an inpainting UNet: pass image= and mask_image= (white where "
                                "to repaint).")
         task = "txt2img" if image is None else "img2img" if mask_image is None else "inpaint"
+        image_latents = latent_image(image, self.latent_channels)
+        if image_latents is not None and task == "inpaint":
+            raise RequestError("Inpainting needs the image as a picture; image= holds latents.")
+        if denoising_start is not None and task != "img2img":
+            raise RequestError("denoising_start continues from an image's latents (a base model's output_type='latent' "
+                               "run with denoising_end): pass them as image=.")
         mask_blur = mask_blur_value(mask_blur)
         if strength is None:
             strength = 1.0 if task == "inpaint" else 0.8  # diffusers' inpaint and img2img defaults
         # refuses bad step counts, unknown samplers and strengths outside [0, 1]; diffusers'
         # inpainting at full strength starts from pure noise (is_strength_max)
         plan = self.plan(num_inference_steps, scheduler, None if task == "txt2img" else strength,
-                         from_noise=task == "inpaint" and strength == 1.0)
+                         from_noise=task == "inpaint" and strength == 1.0, denoising_start=denoising_start)
+        if denoising_end is not None:
+            plan = end_plan_at(plan, denoising_end, self.artifact.pipeline["scheduler"])
         guidance = guidance_value(guidance_scale)
-        if image is not None:  # the image's own size, rounded down to the size step (diffusers)
+        if image_latents is not None:  # the size the latents decode to
+            own = [side * self.vae_scale_factor for side in image_latents.shape[2:]]
+            if (height or own[0], width or own[1]) != tuple(own):
+                raise RequestError(f"image= holds latents of a {own[1]}x{own[0]} image; leave height and width out.")
+            height, width = own
+        elif image is not None:  # the image's own size, rounded down to the size step (diffusers)
             own = [max(self.size_multiple, side // self.size_multiple * self.size_multiple)
                    for side in image_size(image)]
             height, width = own[0] if height is None else height, own[1] if width is None else width
         height, width = size_value(self.default_size[0] if height is None else height,
                                    self.default_size[1] if width is None else width, self.size_multiple)
         per_prompt = images_per_prompt_value(num_images_per_prompt)
+        if image_latents is not None and len(image_latents) not in (1, len(prompts) * per_prompt):
+            raise RequestError(f"image= holds {len(image_latents)} latents for {len(prompts) * per_prompt} images; "
+                               "give one, or one per image.")
         self._check_fits(height, width, len(prompts) * per_prompt * guidance_copies(guidance))
         output_type = output_type_value(output_type)
         if watermark and height * width < WATERMARK_MIN_PIXELS:
@@ -240,12 +305,19 @@ class StableDiffusionPipeline(RunTimeWeights):
                                f"{width}x{height}.")
         seed = seed_value(seed)
         shape = self._latent_shape(len(prompts) * per_prompt, height, width)
-        image_input = None if image is None else ImageInput(
-            to_pixels(image, height, width),
-            None if mask_image is None else to_mask(mask_image, height, width, image_size(image)),
-            bool(keep_unmasked), mask_blur)
-        return GenerationRequest(task, prompts, negatives, num_inference_steps, guidance, height, width, seed, plan,
-                                 per_prompt, output_type, latents_value(latents, shape), image_input, bool(watermark))
+        image_input = None
+        if image_latents is not None:
+            image_input = ImageInput(None, latents=image_latents)
+        elif image is not None:
+            image_input = ImageInput(
+                to_pixels(image, height, width),
+                None if mask_image is None else to_mask(mask_image, height, width, image_size(image)),
+                bool(keep_unmasked), mask_blur)
+        return GenerationRequest(
+            task, prompts, negatives, num_inference_steps, guidance, height, width, seed, plan, per_prompt, output_type,
+            latents_value(latents, shape), image_input, bool(watermark), prompts_2=prompts_2,
+            negative_prompts_2=negatives_2, zero_negative=self.force_zeros_for_empty_prompt and negative_prompt is None,
+            clip_skip=clip_skip, size_conditions=conditions)
 
     def run(self, request: GenerationRequest, callback: StepCallback | None = None) -> GenerationResult:
         """Run a request made by `request()`: encode the prompt, prepare the starting latents,
@@ -299,7 +371,10 @@ class StableDiffusionPipeline(RunTimeWeights):
         start = self._start_from_noise(request)
         if not request.plan.init_image_weight:  # (zero terminal SNR at strength 1: pure noise)
             return start
-        image_latents = self._encode_image(request.image.pixels, request.seed)
+        image_latents, pixels = request.image.latents, request.image.pixels
+        if image_latents is None:
+            assert pixels is not None  # (an image comes as pixels or as latents)
+            image_latents = self._encode_image(pixels, request.seed)
         return replace(start, latents=np.float32(request.plan.init_image_weight) * image_latents + start.latents)
 
     def _start_inpainting(self, request: GenerationRequest) -> Start:
@@ -308,6 +383,7 @@ class StableDiffusionPipeline(RunTimeWeights):
         assert request.image is not None and request.image.mask is not None
         start = self._start_from_noise(request)
         plan, pixels, mask = request.plan, request.image.pixels, request.image.mask
+        assert pixels is not None  # (request() refuses latents as an image to inpaint)
         image_latents = None
         if plan.init_image_weight or not self.inpainting_unet:
             image_latents = self._encode_image(pixels, request.seed)
@@ -390,7 +466,7 @@ class StableDiffusionPipeline(RunTimeWeights):
         """Decoded NHWC images in [0, 1] -> what output_type asks for: the input's own pixels
         outside an inpainting mask (keep_unmasked), the watermark, PIL images."""
         source = request.image
-        if source is not None and source.mask is not None and source.keep_unmasked:
+        if source is not None and source.mask is not None and source.pixels is not None and source.keep_unmasked:
             # Outside the (softened) mask, the input's own pixels: [-1, 1] back to [0, 1].
             weight = soft_mask(source.mask[0, 0], source.mask_blur)[..., np.newaxis]
             original = (source.pixels[0].transpose(1, 2, 0) + 1) / 2
@@ -444,25 +520,18 @@ class StableDiffusionPipeline(RunTimeWeights):
     # -- stages 1 and 4: the networks around the loop ------------------------------------
 
     def _encode_prompt(self, request: GenerationRequest) -> dict[str, np.ndarray]:
-        """The denoiser's conditioning inputs by name: the text embeddings, [negative...,
-        positive...] when guidance is on."""
-        texts = list(request.prompts)
-        if request.uses_guidance:
-            texts = list(request.negative_prompts) + texts
-        fragments = [parse_prompt(text) for text in texts]
-        ids, weights = self.tokenizer.weighted(fragments, self.max_prompt_chunks)
-        prompts, chunks, length = ids.shape
-        # Each 77-token chunk is encoded on its own; the UNet reads the chunks one after another.
-        hidden = self.sessions["text_encoder"].run({TEXT_ENCODER.input_ids: ids.reshape(-1, length)})[
-            TEXT_ENCODER.hidden_states]
-        weights = weights.reshape(-1, length)
-        emphasized = (weights != 1).any(axis=1)
-        if emphasized.any():  # chunks without weights stay exactly as encoded
-            hidden = hidden.copy()
-            hidden[emphasized] = weigh_embeddings(hidden[emphasized], weights[emphasized])
-        hidden = hidden.reshape(prompts, chunks * length, hidden.shape[-1])
-        # Each prompt's embedding repeated num_images_per_prompt times in a row, as diffusers does.
-        return {DENOISER.text: np.repeat(hidden, request.num_images_per_prompt, axis=0)}
+        """The denoiser's conditioning inputs by name (runtime/conditioning.py): text embeddings
+        ([negative..., positive...] when guidance is on), and SDXL's pooled text and time ids."""
+        sets = len(self._text_encoders)
+        positive = [list(request.prompts), list(request.prompts_2 or request.prompts)][:sets]
+        negative = [list(request.negative_prompts), list(request.negative_prompts_2 or request.negative_prompts)][:sets]
+        time_ids = None
+        if self.time_id_fields:
+            sizes = request.size_conditions
+            time_ids = (time_id_values(self.time_id_fields, sizes.values(request.height, request.width)),
+                        time_id_values(self.time_id_fields, sizes.negative_values(request.height, request.width)))
+        return conditioning(self._text_encoders, self.sessions, positive, negative, request.zero_negative, time_ids,
+                            request.copies, request.num_images_per_prompt, self.max_prompt_chunks, request.clip_skip)
 
     def _encode_image(self, pixels: np.ndarray, seed: int) -> np.ndarray:
         """Scaled latents of one image: a sample of the VAE encoder's diagonal Gaussian, drawn

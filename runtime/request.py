@@ -25,10 +25,75 @@ TASKS = ("txt2img", "img2img", "inpaint")
 class ImageInput:
     """Image-to-image and inpainting: the input image, and where to repaint it."""
 
-    pixels: np.ndarray  # (1, 3, height, width) in [-1, 1]
+    pixels: np.ndarray | None  # (1, 3, height, width) in [-1, 1]; None when the image came as latents
     mask: np.ndarray | None = None  # inpainting: (1, 1, height, width), 1 where to repaint
     keep_unmasked: bool = True  # inpainting: put the input's pixels back outside the mask
     mask_blur: float = 0.0  # inpainting: the seam's softness (Gaussian sigma, pixels)
+    latents: np.ndarray | None = None  # image-to-image from latents (a base model's output): no VAE encoding
+
+
+Size = tuple[int, int]
+
+
+@dataclass(frozen=True)
+class SizeConditions:
+    """SDXL's size and crop conditioning (Podell et al. 2023, section 2.2) and the refiner's
+    aesthetic score, as diffusers' keywords: (height, width) and (top, left) pairs. A size left
+    None is the request's (negative_values says the unconditional half's defaults)."""
+
+    original_size: Size | None = None
+    crops_coords_top_left: Size = (0, 0)
+    target_size: Size | None = None
+    aesthetic_score: float = 6.0
+    negative_original_size: Size | None = None
+    negative_crops_coords_top_left: Size | None = None
+    negative_target_size: Size | None = None
+    negative_aesthetic_score: float = 2.5
+
+    @classmethod
+    def of(cls, original_size, crops_coords_top_left, target_size, aesthetic_score, negative_original_size,
+           negative_crops_coords_top_left, negative_target_size, negative_aesthetic_score) -> "SizeConditions":
+        """Checked values: sizes positive and crops non-negative integer pairs, scores finite numbers."""
+        pairs = {"original_size": (original_size, 1), "crops_coords_top_left": (crops_coords_top_left, 0),
+                 "target_size": (target_size, 1), "negative_original_size": (negative_original_size, 1),
+                 "negative_crops_coords_top_left": (negative_crops_coords_top_left, 0),
+                 "negative_target_size": (negative_target_size, 1)}
+        checked: dict = {}
+        for name, (value, least) in pairs.items():
+            if value is None:
+                checked[name] = None
+                continue
+            if (not isinstance(value, (tuple, list)) or len(value) != 2
+                    or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) and int(v) >= least
+                               for v in value)):
+                kind = "sizes" if least else "offsets"
+                raise RequestError(f"{name} must be a pair of integer {kind} in pixels (height, width), each >= "
+                                   f"{least}, got {value!r}.")
+            checked[name] = (int(value[0]), int(value[1]))
+        scores = {"aesthetic_score": aesthetic_score, "negative_aesthetic_score": negative_aesthetic_score}
+        for name, value in scores.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise RequestError(f"{name} must be a finite number, got {value!r}.")
+            checked[name] = float(value)
+        return cls(**checked)
+
+    def values(self, height: int, width: int) -> dict[str, tuple[float, ...]]:
+        """The positive time-id fields by name (runtime.conditioning.TIME_ID_FIELDS)."""
+        return {"original_size": self.original_size or (height, width),
+                "crops_coords_top_left": self.crops_coords_top_left,
+                "target_size": self.target_size or (height, width), "aesthetic_score": (self.aesthetic_score,)}
+
+    def negative_values(self, height: int, width: int) -> dict[str, tuple[float, ...]]:
+        """The unconditional half's fields: the positive ones (but the aesthetic score) when no
+        negative size or crop is given, as diffusers' SDXL pipeline; else each negative size
+        defaults to its positive one and the crop to (0, 0), as diffusers' keywords do."""
+        positive = self.values(height, width)
+        given = (self.negative_original_size, self.negative_crops_coords_top_left, self.negative_target_size)
+        crops = positive["crops_coords_top_left"] if given == (None, None, None) else (0, 0)
+        return {"original_size": self.negative_original_size or positive["original_size"],
+                "crops_coords_top_left": self.negative_crops_coords_top_left or crops,
+                "target_size": self.negative_target_size or positive["target_size"],
+                "aesthetic_score": (self.negative_aesthetic_score,)}
 
 
 @dataclass(frozen=True)
@@ -49,6 +114,11 @@ class GenerationRequest:
     latents: np.ndarray | None = None  # the caller's standard-normal initial latents
     image: ImageInput | None = None
     watermark: bool = False
+    prompts_2: tuple[str, ...] | None = None  # SDXL's second text encoder (default: prompts)
+    negative_prompts_2: tuple[str, ...] | None = None
+    zero_negative: bool = False  # zero embeddings for the negative half (SDXL base without a negative prompt)
+    clip_skip: int = 0
+    size_conditions: SizeConditions = SizeConditions()
 
     @property
     def batch_size(self) -> int:
@@ -131,6 +201,28 @@ def seed_value(seed) -> int:
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= int(seed) < 2**64:
         raise RequestError(f"seed must be an integer in [0, 2**64), got {seed!r}.")
     return int(seed)
+
+
+def clip_skip_value(clip_skip, most: int) -> int:
+    if clip_skip is None:
+        return 0
+    if isinstance(clip_skip, bool) or not isinstance(clip_skip, numbers.Integral) or not 0 <= int(clip_skip) <= most:
+        raise RequestError(f"clip_skip must be an integer in [0, {most}] for this model (0: the layer it was trained "
+                           f"with; the web UIs' \"CLIP skip 2\" is clip_skip=1), got {clip_skip!r}.")
+    return int(clip_skip)
+
+
+def latent_image(image, channels: int) -> np.ndarray | None:
+    """`image` as latents when it is a 4-D array of `channels` channels (a base model's
+    output_type="latent"), else None (a picture)."""
+    if not isinstance(image, np.ndarray) or image.ndim != 4:
+        return None
+    if image.shape[1] != channels or not np.issubdtype(image.dtype, np.floating):
+        raise RequestError(f"A 4-D image= array is taken as latents (batch, {channels}, latent height, latent width) "
+                           f"of floats; got shape {image.shape} of {image.dtype}.")
+    if not np.isfinite(image).all():
+        raise RequestError("The latents given as image= hold NaN or infinite values.")
+    return image.astype(np.float32)
 
 
 def latents_value(latents, shape: tuple[int, ...]) -> np.ndarray | None:

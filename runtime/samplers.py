@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -136,6 +136,36 @@ def compile_img2img_plan(sampler: str, scheduler_config: dict, num_inference_ste
         kept = min(int(num_inference_steps * strength), num_inference_steps)
         return _compile(sampler, scheduler_config, num_inference_steps, num_inference_steps - kept, from_noise)
     return _compile(sampler, scheduler_config, num_inference_steps, 0)  # refuses the step count
+
+
+def _cutoff(fraction, scheduler_config: dict, name: str) -> int:
+    """The training timestep at `fraction` of the way from noise to image (diffusers'
+    discrete_timestep_cutoff for denoising_end / denoising_start)."""
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0.0 < fraction < 1.0:
+        raise RequestError(f"{name} must be a fraction between 0 and 1 (exclusive), got {fraction!r}.")
+    total = int(scheduler_config.get("num_train_timesteps", 1000))
+    return int(round(total - fraction * total))
+
+
+def end_plan_at(plan: SamplerPlan, denoising_end: float, scheduler_config: dict) -> SamplerPlan:
+    """The plan's steps down to `denoising_end` of the schedule: those whose timestep is at or above
+    the cutoff (pipeline_stable_diffusion_xl.py), the rest left for a refiner."""
+    cutoff = _cutoff(denoising_end, scheduler_config, "denoising_end")
+    kept = sum(1 for step in plan.steps if step.timestep >= cutoff)
+    return replace(plan, steps=plan.steps[:kept], noising=plan.noising[:kept])
+
+
+def compile_handoff_plan(sampler: str, scheduler_config: dict, num_inference_steps: int,
+                         denoising_start: float) -> SamplerPlan:
+    """A refiner's plan: of the `num_inference_steps`-step schedule, the steps below the
+    `denoising_start` cutoff, starting from the given latents as they are (no noise added: they
+    are a base model's, stopped there with denoising_end); multistep history starts afresh
+    (pipeline_stable_diffusion_xl_img2img.py, get_timesteps with denoising_start)."""
+    cutoff = _cutoff(denoising_start, scheduler_config, "denoising_start")
+    full = compile_plan(sampler, scheduler_config, num_inference_steps)
+    remaining = sum(1 for step in full.steps if step.timestep < cutoff)
+    plan = _compile(sampler, scheduler_config, num_inference_steps, num_inference_steps - remaining)
+    return replace(plan, init_noise_sigma=0.0, init_image_weight=1.0)
 
 
 def _compile(sampler: str, scheduler_config: dict, num_inference_steps: int, start: int | None,

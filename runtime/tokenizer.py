@@ -96,7 +96,8 @@ class ClipTokenizer:
         """
         return self.weighted([[(prompt, 1.0)] for prompt in prompts])[0][:, 0]
 
-    def weighted(self, prompts: list[list[tuple[str, float]]], max_chunks: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    def weighted(self, prompts: list[list[tuple[str, float]]], max_chunks: int = 1,
+                 min_chunks: int = 1) -> tuple[np.ndarray, np.ndarray]:
         """Ids and each token's weight (float32; 1 for the start, end and padding tokens), shaped
         (prompts, chunks, max_length), for prompts given as (fragment, weight) pairs, each
         fragment tokenized on its own, as the web UIs do.
@@ -104,7 +105,7 @@ class ClipTokenizer:
         A prompt longer than max_length - 2 tokens goes on in further chunks of that many tokens,
         each with its own start and end token (up to `max_chunks`, beyond which the rest is
         dropped with a warning that says how many tokens); every prompt gets as many chunks as
-        the longest, the shorter ones filled with empty chunks.
+        the longest (and at least `min_chunks`), the shorter ones filled with empty chunks.
         """
         room = self.max_length - 2
         tokenized = []
@@ -124,7 +125,7 @@ class ClipTokenizer:
                 )
                 ids, weights = ids[:room * max_chunks], weights[:room * max_chunks]
             tokenized.append((ids, weights))
-        chunks = max(1, max(-(-len(ids) // room) for ids, _ in tokenized))
+        chunks = max(min_chunks, max(-(-len(ids) // room) for ids, _ in tokenized))
         id_rows = np.full((len(prompts), chunks, self.max_length), self.pad_id, dtype=np.int64)
         weight_rows = np.ones((len(prompts), chunks, self.max_length), dtype=np.float32)
         for row, (ids, weights) in enumerate(tokenized):

@@ -61,3 +61,23 @@ def backends() -> list[str]:
     names = available_backends()
     assert names, "no backend package is installed"
     return names
+
+
+# The other families' tiny configs (models/configs.py), for the diffusers oracles of tests/test_families.py.
+def _family_fixtures(config: str):
+    def checkpoint(tmp_path_factory) -> Path:
+        return _random_checkpoint(config, tmp_path_factory)
+
+    def artifact(request, tmp_path_factory) -> Path:
+        source = request.getfixturevalue(f"{config.replace('-', '_')}_checkpoint")  # (built once a session)
+        return _exported(source, tmp_path_factory, f"{config}-artifact")
+
+    prefix = config.replace("-", "_")
+    return (pytest.fixture(scope="session", name=f"{prefix}_checkpoint")(checkpoint),
+            pytest.fixture(scope="session", name=f"{prefix}_artifact")(artifact))
+
+
+tiny_sd2_checkpoint, tiny_sd2_artifact = _family_fixtures("tiny-sd2")
+tiny_sd_turbo_checkpoint, tiny_sd_turbo_artifact = _family_fixtures("tiny-sd-turbo")
+tiny_sdxl_checkpoint, tiny_sdxl_artifact = _family_fixtures("tiny-sdxl")
+tiny_sdxl_refiner_checkpoint, tiny_sdxl_refiner_artifact = _family_fixtures("tiny-sdxl-refiner")

@@ -25,7 +25,8 @@ def torch_modules(tiny_checkpoint):
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel
 
-    return component_modules(CLIPTextModel.from_pretrained(tiny_checkpoint / "text_encoder").eval(),
+    text_encoder = CLIPTextModel.from_pretrained(tiny_checkpoint / "text_encoder").eval()
+    return component_modules({"text_encoder": (text_encoder, True)},
                              UNet2DConditionModel.from_pretrained(tiny_checkpoint / "unet").eval(),
                              AutoencoderKL.from_pretrained(tiny_checkpoint / "vae").eval())
 

@@ -193,3 +193,11 @@ def test_int8_at_export_makes_each_cpu_backends_form(tiny_checkpoint, tmp_path, 
         assert pipe.precisions["unet"] == form
         image = pipe("a red circle", num_inference_steps=1, seed=1).images[0]
         assert isinstance(image, Image.Image) and image.size == (64, 64)
+
+
+def test_an_unknown_random_config_is_one_line_listing_the_known_ones(tmp_path, capsys):
+    pytest.importorskip("diffusers")
+    assert main(["export", "random:sdxl-large", "-o", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("sdrt: error: Unknown model config 'sdxl-large'; known configs: ") and "tiny-sdxl" in err
+    assert "Traceback" not in err and not (tmp_path / "out").exists()

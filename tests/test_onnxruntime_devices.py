@@ -57,7 +57,7 @@ def test_shape_profiles_keep_to_each_axis_range_and_multiple():
         spec.shape_profile({**sizes, "latent_height": 60})
     with pytest.raises(ValueError, match="needs a size for its 'sequence' axis"):
         spec.shape_profile({"batch": 1, "latent_height": 64, "latent_width": 64})
-    text = text_encoder_spec(768, 77).shape_profile({"batch": 2, "sequence": 77}, {"sequence": (1, 616)})
+    text = text_encoder_spec(768, 77, 12).shape_profile({"batch": 2, "sequence": 77}, {"sequence": (1, 616)})
     assert text["input_ids"] == ((2, 1), (2, 77), (2, 77))  # the text encoder reads 77 tokens at most
 
 

@@ -62,12 +62,13 @@ def precision_argument(text: str):
         raise argparse.ArgumentTypeError(f"write per-network precisions as unet=fp16,vae_decoder=fp32; got {text!r}")
 
 
-def load_pipeline(args):
-    """The pipeline the engine arguments name (the demo model without --artifact)."""
+def load_pipeline(args, artifact=None):
+    """The pipeline the engine arguments name (the demo model without --artifact); `artifact`:
+    another artifact on the same engine settings (a refiner)."""
     import sdrt
     from sdrt.models.demo import demo_artifact
 
-    artifact = args.artifact
+    artifact = artifact or args.artifact
     if artifact is None:
         try:
             artifact = demo_artifact()

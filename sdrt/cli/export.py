@@ -13,16 +13,17 @@ INT8_FORMS = {"openvino": "int8", "onnxruntime": "int8-qdq"}
 
 
 def add_parser(commands, name: str, summary: str) -> None:
+    from sdrt.models.configs import KNOWN_CONFIGS
     from sdrt.runtime.precisions import VARIANT_PRECISIONS
 
     export = commands.add_parser(
         name, help=summary,
-        description="Export a Stable Diffusion checkpoint (CLIP text encoder, UNet, VAE decoder and encoder, "
-                    "tokenizer) to ONNX files plus a manifest (sdrt.json). Needs the export extra: "
+        description="Export a Stable Diffusion checkpoint (SD 1.x, 2.x, SDXL: CLIP text encoders, UNet, VAE decoder "
+                    "and encoder, tokenizers) to ONNX files plus a manifest (sdrt.json). Needs the export extra: "
                     "pip install 'sdrt[export]'.")
     export.add_argument("checkpoint", help="a diffusers folder, a hub id (when online), or a single .safetensors "
-                                           "file; 'random:tiny' or 'random:sd15' builds random weights of that size "
-                                           "(random:tiny-inpainting, random:sd15-inpainting: an inpainting UNet)")
+                                           "file; 'random:NAME' builds random weights of a known config: "
+                                           f"{', '.join(KNOWN_CONFIGS)}")
     export.add_argument("-o", "--output", required=True, help="the artifact folder to create")
     export.add_argument("--overwrite", action="store_true", help="replace the output folder if it is not empty")
     export.add_argument("--lora", action="append", default=[], metavar="FILE[:STRENGTH]",

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from ._common import CommandError, engine_arguments, load_pipeline, open_image, parse_size, progress_bar, save_png
 
 # what `sdrt generate` does without --steps and --guidance
@@ -16,6 +18,18 @@ def add_parser(commands, name: str, summary: str) -> None:
                                                "model (64x64 coloured shapes) without --artifact.")
     generate.add_argument("prompt", help="what the image should show")
     generate.add_argument("--negative", default=None, help="what the image should not show (negative prompt)")
+    generate.add_argument("--prompt-2", default=None,
+                          help="SDXL: the prompt of the second text encoder (default: the prompt)")
+    generate.add_argument("--negative-2", default=None,
+                          help="SDXL: the negative prompt of the second text encoder (default: --negative)")
+    generate.add_argument("--clip-skip", type=int, default=None,
+                          help="condition on this many text-encoder layers before the last one the model was trained "
+                               "with (diffusers' clip_skip; the web UIs' \"CLIP skip\" N is N - 1); default 0")
+    generate.add_argument("--refiner", default=None, metavar="ARTIFACT",
+                          help="SDXL: finish the image with this refiner artifact from --high-noise-frac of the "
+                               "schedule on (diffusers' ensemble of experts)")
+    generate.add_argument("--high-noise-frac", type=float, default=0.8,
+                          help="with --refiner: the fraction of the schedule the base model runs (default 0.8)")
     engine_arguments(generate, STEPS, GUIDANCE)
     generate.add_argument("--seed", type=int, default=None,
                           help="seed of sdrt's portable noise generator; the same seed gives the same image on "
@@ -71,7 +85,10 @@ def run(args, argv: list[str]) -> int:
     if mask is not None and args.outpaint:
         raise CommandError("Choose --mask (inpaint inside the image) or --outpaint (extend it), not both.")
     sides = _parse_sides(args.outpaint) if args.outpaint else None
+    if args.refiner is not None and image is not None:
+        raise CommandError("--refiner finishes a text-to-image run; leave out --image.")
     pipe = load_pipeline(args)
+    refiner = load_pipeline(args, args.refiner) if args.refiner is not None else None
     for embedding in args.embedding:
         path, colon, word = embedding.rpartition(":")
         if not colon or not path or "/" in word or "\\" in word:  # FILE alone (a colon in its path)
@@ -82,11 +99,25 @@ def run(args, argv: list[str]) -> int:
     if sides:
         image, mask = outpaint_canvas(image, **sides, multiple=pipe.size_multiple)
     inpainting = {"mask_image": mask, "mask_blur": args.mask_blur} if mask is not None else {}
+    family = {"clip_skip": args.clip_skip}
+    if args.prompt_2 is not None or args.negative_2 is not None:
+        family.update(prompt_2=args.prompt_2, negative_prompt_2=args.negative_2)
+    shared = dict(num_inference_steps=args.steps, guidance_scale=args.guidance, scheduler=args.scheduler, **family)
+    handoff = {} if refiner is None else {"denoising_end": args.high_noise_frac, "output_type": "latent"}
     request = pipe.request(args.prompt, args.negative, image=image, strength=args.strength, **inpainting,
-                           num_inference_steps=args.steps, guidance_scale=args.guidance, height=height, width=width,
-                           seed=args.seed, scheduler=args.scheduler, num_images_per_prompt=args.num_images,
-                           watermark=args.watermark)
-    bar = progress_bar(len(request.plan.steps), "step") if request.plan.steps else None
+                           height=height, width=width, seed=args.seed, num_images_per_prompt=args.num_images,
+                           watermark=args.watermark and refiner is None, **shared, **handoff)
+    def refine(latents):
+        assert refiner is not None
+        return refiner.request(args.prompt, args.negative, image=latents, denoising_start=args.high_noise_frac,
+                               seed=request.seed, watermark=args.watermark, **shared)
+
+    steps = len(request.plan.steps)
+    if refiner is not None:  # checked before the base runs, on latents of the shape it will give
+        shape = (request.batch_size, pipe.latent_channels, *(side // pipe.vae_scale_factor for side in
+                                                             (request.height, request.width)))
+        steps += len(refine(np.zeros(shape, np.float32)).plan.steps)
+    bar = progress_bar(steps, "step") if steps else None
 
     def on_step(index: int, timestep: float, latents) -> None:
         if bar is not None:
@@ -94,6 +125,11 @@ def run(args, argv: list[str]) -> int:
 
     try:
         result = pipe.run(request, callback=on_step)
+        if refiner is not None:
+            base = result.timings
+            result = refiner.run(refine(result.images), callback=on_step)
+            for name in ("steps", "text_encoder", "total"):  # both models' times
+                result.timings[name] = base[name] + result.timings[name]  # type: ignore[operator]
     finally:
         if bar is not None:
             bar.close()

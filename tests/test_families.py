@@ -1,0 +1,194 @@
+"""The model families (SD 2.x, SDXL base and refiner, Turbo) against diffusers' own pipelines on the
+same random weights and latents: tiny configs unlike those of diffusers' tests (three UNet levels,
+heads per level, encoders of different widths), non-square sizes so that a swapped height and
+width (in the latents or in SDXL's time ids) fails."""
+import types
+
+import numpy as np
+import pytest
+
+import sdrt
+from sdrt.runtime.errors import RequestError
+from sdrt.runtime.noise import gaussian_noise
+
+torch = pytest.importorskip("torch")
+diffusers = pytest.importorskip("diffusers")
+
+pytestmark = pytest.mark.slow
+
+SCHEDULERS = {"euler": "EulerDiscreteScheduler", "dpmpp_2m": "DPMSolverMultistepScheduler"}
+HEIGHT, WIDTH = 48, 64  # the tiny VAE's f=2: latents 24x32
+PROMPT, NEGATIVE = "a lighthouse at dusk", "blurry"
+
+
+def reference(cls, checkpoint, sampler=None):
+    pipe = cls.from_pretrained(checkpoint)
+    pipe.set_progress_bar_config(disable=True)
+    if sampler is not None:
+        pipe.scheduler = getattr(diffusers, SCHEDULERS[sampler]).from_config(pipe.scheduler.config)
+    text_encoder = getattr(pipe, "text_encoder", None)
+    if text_encoder is not None and not hasattr(text_encoder, "text_model"):
+        # diffusers' SD pipeline reads text_encoder.text_model.final_layer_norm for clip_skip; transformers 5's
+        # CLIPTextModel holds final_layer_norm itself
+        text_encoder.text_model = types.SimpleNamespace(final_layer_norm=text_encoder.final_layer_norm)
+    return pipe
+
+
+def run_reference(pipe, latents, **options):
+    with torch.no_grad():
+        return pipe(latents=torch.from_numpy(latents), output_type="np", **options).images
+
+
+def close(ours, theirs):
+    assert ours.shape == theirs.shape
+    assert theirs.std() > 0.01  # (a flat image would match trivially)
+    return float(np.abs(ours - theirs).mean())
+
+
+def load(artifact, backend):
+    if backend not in sdrt.available_backends():
+        pytest.skip(f"{backend} is not installed")
+    return sdrt.load(artifact, backend=backend)
+
+
+BACKENDS = ["onnxruntime", "openvino"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("sampler", list(SCHEDULERS))
+def test_sd2_matches_diffusers(tiny_sd2_checkpoint, tiny_sd2_artifact, backend, sampler):
+    pipe = load(tiny_sd2_artifact, backend)
+    assert pipe.artifact.family == "sd2" and pipe.artifact.pipeline["prediction_type"] == "v_prediction"
+    latents = gaussian_noise(1, (1, 4, HEIGHT // 2, WIDTH // 2))
+    ours = pipe(PROMPT, NEGATIVE, latents=latents, num_inference_steps=5, guidance_scale=6.0, height=HEIGHT,
+                width=WIDTH, scheduler=sampler, output_type="np").images
+    theirs = run_reference(reference(diffusers.StableDiffusionPipeline, tiny_sd2_checkpoint, sampler), latents,
+                           prompt=PROMPT, negative_prompt=NEGATIVE, num_inference_steps=5, guidance_scale=6.0,
+                           height=HEIGHT, width=WIDTH)
+    assert close(ours, theirs) <= 1 / 255
+
+
+@pytest.mark.parametrize("family", ["sd2", "sdxl"])
+def test_clip_skip_matches_diffusers(family, tiny_sd2_checkpoint, tiny_sd2_artifact, tiny_sdxl_checkpoint,
+                                     tiny_sdxl_artifact):
+    # Without guidance: diffusers skips layers for the positive prompt only, sdrt for the negative one
+    # too (as the web UIs and ComfyUI do), so the two agree where there is no negative half.
+    checkpoint, artifact, cls = {
+        "sd2": (tiny_sd2_checkpoint, tiny_sd2_artifact, diffusers.StableDiffusionPipeline),
+        "sdxl": (tiny_sdxl_checkpoint, tiny_sdxl_artifact, diffusers.StableDiffusionXLPipeline)}[family]
+    pipe = sdrt.load(artifact)
+    theirs_pipe = reference(cls, checkpoint, "euler")
+    latents = gaussian_noise(2, (1, 4, HEIGHT // 2, WIDTH // 2))
+    images = {}
+    for skip in (None, 1, pipe.max_clip_skip):
+        ours = pipe(PROMPT, latents=latents, num_inference_steps=4, guidance_scale=1.0, height=HEIGHT, width=WIDTH,
+                    scheduler="euler", clip_skip=skip, output_type="np").images
+        theirs = run_reference(theirs_pipe, latents, prompt=PROMPT, num_inference_steps=4, guidance_scale=1.0,
+                               height=HEIGHT, width=WIDTH, clip_skip=skip)
+        assert close(ours, theirs) <= 1 / 255
+        images[skip] = ours
+    assert np.abs(images[None] - images[1]).max() > 0.02  # the layer read changes the image
+    with pytest.raises(RequestError, match="clip_skip must be an integer in"):
+        pipe.request(PROMPT, clip_skip=pipe.max_clip_skip + 1)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("sampler", list(SCHEDULERS))
+def test_sdxl_matches_diffusers(tiny_sdxl_checkpoint, tiny_sdxl_artifact, backend, sampler):
+    pipe = load(tiny_sdxl_artifact, backend)
+    theirs_pipe = reference(diffusers.StableDiffusionXLPipeline, tiny_sdxl_checkpoint, sampler)
+    latents = gaussian_noise(3, (1, 4, HEIGHT // 2, WIDTH // 2))
+    common = dict(num_inference_steps=5, guidance_scale=5.0, height=HEIGHT, width=WIDTH)
+    # no negative prompt: zero embeddings (force_zeros_for_empty_prompt); then both prompts and both negatives
+    for options in ({}, dict(negative_prompt=NEGATIVE, prompt_2="an oil painting", negative_prompt_2="grainy")):
+        ours = pipe(PROMPT, latents=latents, scheduler=sampler, output_type="np", **common, **options).images
+        theirs = run_reference(theirs_pipe, latents, prompt=PROMPT, **common, **options)
+        assert close(ours, theirs) <= 1 / 255, options
+
+
+def test_sdxl_size_conditions_match_diffusers_and_matter(tiny_sdxl_checkpoint, tiny_sdxl_artifact):
+    pipe = sdrt.load(tiny_sdxl_artifact)
+    theirs_pipe = reference(diffusers.StableDiffusionXLPipeline, tiny_sdxl_checkpoint, "euler")
+    latents = gaussian_noise(4, (1, 4, HEIGHT // 2, WIDTH // 2))
+    common = dict(num_inference_steps=4, guidance_scale=5.0, height=HEIGHT, width=WIDTH, negative_prompt=NEGATIVE)
+    conditions = dict(original_size=(512, 768), crops_coords_top_left=(16, 8), target_size=(384, 640),
+                      negative_original_size=(256, 256), negative_target_size=(320, 448))
+    ours = pipe(PROMPT, latents=latents, scheduler="euler", output_type="np", **common, **conditions).images
+    theirs = run_reference(theirs_pipe, latents, prompt=PROMPT, **common, **conditions)
+    assert close(ours, theirs) <= 1 / 255
+    # the defaults are (height, width): the same sizes swapped give another image
+    default = pipe(PROMPT, latents=latents, scheduler="euler", output_type="np", **common).images
+    swapped = pipe(PROMPT, latents=latents, scheduler="euler", output_type="np", original_size=(WIDTH, HEIGHT),
+                   target_size=(WIDTH, HEIGHT), **common).images
+    theirs_default = run_reference(theirs_pipe, latents, prompt=PROMPT, **common)
+    error = close(default, theirs_default)
+    assert error <= 1 / 255
+    # a swapped height and width would fail the parity above many times over (the tiny UNet embeds the time
+    # ids in 8 features only, so the images differ little in absolute terms)
+    assert close(swapped, theirs_default) > max(20 * error, 1e-3)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("sampler", list(SCHEDULERS))
+def test_refiner_hand_off_matches_diffusers(tiny_sdxl_checkpoint, tiny_sdxl_artifact, tiny_sdxl_refiner_checkpoint,
+                                            tiny_sdxl_refiner_artifact, backend, sampler):
+    base, refiner = load(tiny_sdxl_artifact, backend), load(tiny_sdxl_refiner_artifact, backend)
+    their_base = reference(diffusers.StableDiffusionXLPipeline, tiny_sdxl_checkpoint, sampler)
+    their_refiner = reference(diffusers.StableDiffusionXLImg2ImgPipeline, tiny_sdxl_refiner_checkpoint, sampler)
+    latents = gaussian_noise(5, (1, 4, HEIGHT // 2, WIDTH // 2))
+    common = dict(negative_prompt=NEGATIVE, num_inference_steps=10, guidance_scale=5.0)
+    middle = base(PROMPT, latents=latents, height=HEIGHT, width=WIDTH, scheduler=sampler, denoising_end=0.7,
+                  output_type="latent", **common)
+    assert len(middle.plan.steps) == 7
+    ours = refiner(PROMPT, image=middle.images, scheduler=sampler, denoising_start=0.7, output_type="np", **common)
+    assert len(ours.plan.steps) == 3
+    with torch.no_grad():
+        their_middle = their_base(PROMPT, latents=torch.from_numpy(latents), height=HEIGHT, width=WIDTH,
+                                  denoising_end=0.7, output_type="latent", **common).images
+        theirs = their_refiner(PROMPT, image=their_middle, denoising_start=0.7, output_type="np", **common).images
+    assert np.abs(middle.images - their_middle.numpy()).max() < 1e-3
+    assert close(ours.images, theirs) <= 1 / 255
+
+
+def test_turbo_one_step_without_guidance_matches_diffusers(tiny_sd_turbo_checkpoint, tiny_sd_turbo_artifact):
+    pipe = sdrt.load(tiny_sd_turbo_artifact)
+    assert pipe.default_sampler == "euler"
+    latents = gaussian_noise(6, (1, 4, HEIGHT // 2, WIDTH // 2))
+    theirs_pipe = reference(diffusers.StableDiffusionPipeline, tiny_sd_turbo_checkpoint)
+    for steps in (1, 2):
+        result = pipe(PROMPT, latents=latents, num_inference_steps=steps, guidance_scale=0.0, height=HEIGHT,
+                      width=WIDTH, output_type="np")
+        assert [step.timestep for step in result.plan.steps][0] == 999  # trailing spacing starts at the last
+        theirs = run_reference(theirs_pipe, latents, prompt=PROMPT, num_inference_steps=steps, guidance_scale=0.0,
+                               height=HEIGHT, width=WIDTH)
+        assert close(result.images, theirs) <= 1 / 255
+
+
+def test_family_arguments_are_refused_where_they_do_not_apply(tiny_artifact, tiny_sdxl_artifact):
+    sd1 = sdrt.load(tiny_artifact)
+    with pytest.raises(RequestError, match="second text encoder"):
+        sd1.request(PROMPT, prompt_2="x")
+    with pytest.raises(RequestError, match="size conditions"):
+        sd1.request(PROMPT, original_size=(512, 512))
+    with pytest.raises(RequestError, match="denoising_start continues from an image"):
+        sd1.request(PROMPT, denoising_start=0.8)
+    sdxl = sdrt.load(tiny_sdxl_artifact)
+    with pytest.raises(RequestError, match="denoising_end must be a fraction"):
+        sdxl.request(PROMPT, denoising_end=1.0)
+    with pytest.raises(RequestError, match="target_size must be a pair of integer sizes"):
+        sdxl.request(PROMPT, target_size=(0, 512))
+    with pytest.raises(RequestError, match="holds latents of a 64x48 image"):
+        sdxl.request(PROMPT, image=np.zeros((1, 4, 24, 32), np.float32), height=64)
+    with pytest.raises(RequestError, match="taken as latents"):
+        sdxl.request(PROMPT, image=np.zeros((1, 3, 24, 32), np.float32))
+
+
+def test_every_network_matches_pytorch_at_export(tiny_sdxl_artifact, tiny_sdxl_refiner_artifact, tiny_sd2_artifact):
+    # the exporter runs each ONNX network on ONNX Runtime against its PyTorch module on the same inputs
+    for artifact in (tiny_sdxl_artifact, tiny_sdxl_refiner_artifact, tiny_sd2_artifact):
+        components = sdrt.open_artifact(artifact).manifest["components"]
+        for name, entry in components.items():
+            assert entry["max_abs_diff_vs_torch"] <= 1e-4, (artifact, name)
+    names = sdrt.open_artifact(tiny_sdxl_artifact).manifest["components"]
+    assert {"text_encoder", "text_encoder_2", "unet"} <= set(names)
+    assert [t["name"] for t in names["unet"]["inputs"]][3:] == ["text_embeds", "time_ids"]
