@@ -93,7 +93,7 @@ def _export_into(folder: Path, description: str, target: Path, verify: bool, rep
     specs.update({
         "unet": descriptors.unet_spec(unet_config.get("in_channels", 4), unet_config.get("out_channels", 4),
                                       unet_config["cross_attention_dim"], latent_multiple, family.pooled_size,
-                                      family.time_id_count or None),
+                                      family.time_id_count or None, family.guidance_embedding),
         "vae_decoder": descriptors.vae_decoder_spec(latent_channels, vae_scale),
         "vae_encoder": descriptors.vae_encoder_spec(latent_channels, vae_scale),
     })
@@ -111,7 +111,8 @@ def _export_into(folder: Path, description: str, target: Path, verify: bool, rep
         vae = AutoencoderKL.from_pretrained(folder / "vae", torch_dtype=torch.float32)
     merged = [merge_lora({"unet": unet, **text_encoders}, spec) for spec in loras]
     modules = component_modules({part.name: (text_encoders[part.name], part.final_layer_norm)
-                                 for part in family.text_encoders}, unet, vae, added_conditions=bool(family.time_ids))
+                                 for part in family.text_encoders}, unet, vae, added_conditions=bool(family.time_ids),
+                                guidance_embedding=family.guidance_embedding is not None)
     configs = {**{part.name: part.config for part in family.text_encoders}, "unet": unet_config,
                "vae_decoder": vae_config, "vae_encoder": vae_config}
 

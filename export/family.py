@@ -7,11 +7,13 @@ runtime and C++ hosts build the UNet's inputs without knowing families by name.
   layers side by side (no final layer norm), the second's pooled projection and six size
   conditions (original size, crop top-left, target size).
 - SDXL refiner: the second encoder alone; an aesthetic score in place of the target size.
+- Latent consistency models (either family): guidance w is a UNet input (its embedding), one
+  UNet call per step with no unconditional half.
 """
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .source import ExportError
@@ -42,6 +44,7 @@ class Family:
     text_encoders: tuple[TextEncoderPart, ...]  # in the order their states are concatenated
     time_ids: tuple[str, ...] = ()  # the UNet's added size conditions, in its order (SDXL)
     force_zeros_for_empty_prompt: bool = False  # SDXL base: no negative prompt -> zero embeddings
+    guidance_embedding: int | None = None  # a latent consistency model's guidance input width
 
     @property
     def pooled_size(self) -> int | None:
@@ -59,6 +62,8 @@ class Family:
         entries: dict = {"text_encoders": [part.to_json() for part in self.text_encoders]}
         if self.time_ids:
             entries.update(time_ids=list(self.time_ids), force_zeros_for_empty_prompt=self.force_zeros_for_empty_prompt)
+        if self.guidance_embedding:
+            entries["guidance"] = "embedded"
         return entries
 
 
@@ -67,7 +72,15 @@ def _read_json(path: Path) -> dict:
 
 
 def read_family(folder: Path) -> Family:
-    """The family of the diffusers folder `folder`; refuses what sdrt cannot run, saying why."""
+    """The family of the diffusers folder `folder`; refuses what sdrt cannot run, saying why.
+    A UNet with a guidance embedding (time_cond_proj_dim: a latent consistency model) is noted
+    in either family."""
+    family = _read_family(folder)
+    guidance = _read_json(folder / "unet" / "config.json").get("time_cond_proj_dim")
+    return replace(family, guidance_embedding=int(guidance)) if guidance else family
+
+
+def _read_family(folder: Path) -> Family:
     index = _read_json(folder / "model_index.json")
     unet = _read_json(folder / "unet" / "config.json")
     present = [name for name in ("text_encoder", "text_encoder_2")

@@ -32,10 +32,12 @@ class ExportedComponent:
     max_abs_diff: float | None
 
 
-def component_modules(text_encoders: dict, unet, vae, *, added_conditions: bool = False) -> dict:
+def component_modules(text_encoders: dict, unet, vae, *, added_conditions: bool = False,
+                      guidance_embedding: bool = False) -> dict:
     """The torch modules whose forward signature matches each descriptor's inputs, by component
     name. `text_encoders`: name -> (CLIP text model, whether its stacked layer states get the
-    final layer norm); `added_conditions`: the UNet takes SDXL's pooled text and time ids."""
+    final layer norm); `added_conditions`: the UNet takes SDXL's pooled text and time ids;
+    `guidance_embedding`: a latent consistency model's timestep_cond (after those)."""
     import torch
 
     class TextEncoder(torch.nn.Module):
@@ -65,6 +67,20 @@ def component_modules(text_encoders: dict, unet, vae, *, added_conditions: bool 
             return self.model(sample, timestep, encoder_hidden_states, return_dict=False,
                               added_cond_kwargs={"text_embeds": text_embeds, "time_ids": time_ids})[0]
 
+    class GuidanceUNet(UNet):
+        def forward(self, sample, timestep, encoder_hidden_states, timestep_cond):  # type: ignore[override]
+            return self.model(sample, timestep, encoder_hidden_states, timestep_cond=timestep_cond,
+                              return_dict=False)[0]
+
+    class AddedConditionsGuidanceUNet(UNet):
+        def forward(self, sample, timestep, encoder_hidden_states, text_embeds, time_ids,  # type: ignore[override]
+                    timestep_cond):
+            return self.model(sample, timestep, encoder_hidden_states, timestep_cond=timestep_cond, return_dict=False,
+                              added_cond_kwargs={"text_embeds": text_embeds, "time_ids": time_ids})[0]
+
+    unets = {(False, False): UNet, (True, False): AddedConditionsUNet, (False, True): GuidanceUNet,
+             (True, True): AddedConditionsGuidanceUNet}
+
     class VaeDecoder(torch.nn.Module):
         def __init__(self):
             super().__init__()
@@ -82,7 +98,7 @@ def component_modules(text_encoders: dict, unet, vae, *, added_conditions: bool 
             return self.model.encode(sample, return_dict=True).latent_dist.parameters
 
     modules = {name: TextEncoder(model, normed) for name, (model, normed) in text_encoders.items()}
-    modules.update(unet=AddedConditionsUNet() if added_conditions else UNet(), vae_decoder=VaeDecoder(),
+    modules.update(unet=unets[added_conditions, guidance_embedding](), vae_decoder=VaeDecoder(),
                    vae_encoder=VaeEncoder())
     return modules
 

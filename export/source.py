@@ -150,6 +150,8 @@ def write_config_folder(folder: Path, config: dict) -> None:
     sdxl = "text_encoder_2" in config
     if sdxl:
         pipeline_class = "StableDiffusionXLPipeline" if "text_encoder" in config else "StableDiffusionXLImg2ImgPipeline"
+    elif config["unet"].get("time_cond_proj_dim"):
+        pipeline_class = "LatentConsistencyModelPipeline"
     else:
         pipeline_class = "StableDiffusionInpaintPipeline" if inpainting else "StableDiffusionPipeline"
     index = {

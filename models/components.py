@@ -126,6 +126,8 @@ class DenoiserIO:
     # SDXL's added conditions: the pooled text projection and the size / aesthetic conditions
     pooled_text: str = "text_embeds"
     time_ids: str = "time_ids"
+    # a latent consistency model's guidance embedding (the manifest's pipeline.guidance "embedded")
+    guidance: str = "timestep_cond"
 
 
 @dataclass(frozen=True)
@@ -162,13 +164,17 @@ def text_encoder_spec(hidden_size: int, max_length: int, num_layers: int, projec
 
 
 def unet_spec(in_channels: int, out_channels: int, text_hidden_size: int, latent_multiple: int,
-              pooled_text_size: int | None = None, time_ids: int | None = None) -> ComponentSpec:
-    """The UNet; `pooled_text_size` and `time_ids` (their widths): SDXL's added conditions."""
+              pooled_text_size: int | None = None, time_ids: int | None = None,
+              guidance_embedding: int | None = None) -> ComponentSpec:
+    """The UNet; `pooled_text_size` and `time_ids` (their widths): SDXL's added conditions;
+    `guidance_embedding` (its width): a latent consistency model's guidance input."""
     # The sequence axis of the text embeddings is dynamic so that long prompts (several
     # 77-token chunks concatenated) reach the cross-attention unchanged.
     added = () if pooled_text_size is None or time_ids is None else (
         TensorSpec(DENOISER.pooled_text, "float32", ("batch", pooled_text_size)),
         TensorSpec(DENOISER.time_ids, "float32", ("batch", time_ids)))
+    if guidance_embedding is not None:
+        added += (TensorSpec(DENOISER.guidance, "float32", ("batch", guidance_embedding)),)
     return ComponentSpec(
         name="unet",
         role="denoiser",

@@ -207,6 +207,17 @@ _CONFIGS["tiny-sdxl-refiner"] = {
     "pipeline": {"force_zeros_for_empty_prompt": False, "requires_aesthetics_score": True},
 }
 
+# Latent consistency models distilled into their UNet's weights (LCM Dreamshaper v7): the SD 1.5
+# UNet plus a guidance embedding (time_cond_proj_dim), sampled by LCMScheduler in 1-8 steps with
+# no unconditional half.
+LCM_SCHEDULER = {**SD1_SCHEDULER, "_class_name": "LCMScheduler", "set_alpha_to_one": True,
+                 "original_inference_steps": 50, "timestep_scaling": 10.0, "rescale_betas_zero_snr": False,
+                 "thresholding": False}
+_CONFIGS["lcm"] = {**_CONFIGS["sd15"], "unet": {**_CONFIGS["sd15"]["unet"], "time_cond_proj_dim": 256},
+                   "scheduler": LCM_SCHEDULER}
+_CONFIGS["tiny-lcm"] = {**_CONFIGS["tiny-sd2"], "unet": {**_CONFIGS["tiny-sd2"]["unet"], "time_cond_proj_dim": 24},
+                        "scheduler": {**LCM_SCHEDULER, "prediction_type": "epsilon"}}
+
 # The inpainting checkpoints (runwayml's SD 1.5 inpainting): a UNet that also takes the mask
 # and the masked image's latents, 4 + 1 + 4 input channels.
 for _name in ("sd15", "tiny", "sd2", "tiny-sd2"):

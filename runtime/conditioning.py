@@ -95,13 +95,28 @@ def encode_text(uses: list[TextEncoderUse], sessions: Mapping[str, Session], pro
     return np.concatenate(states, axis=-1), pooled
 
 
+def guidance_embedding(guidance_scale: float, width: int) -> np.ndarray:
+    """(1, width) float32: a latent consistency model's guidance input, sinusoidal features of
+    w = guidance_scale - 1 (Kingma et al. 2021, VDM; diffusers' LatentConsistencyModelPipeline.
+    get_guidance_scale_embedding, in float32 as there)."""
+    w = np.float32(guidance_scale - 1.0) * np.float32(1000.0)
+    half = width // 2
+    step = np.log(np.float32(10000.0)) / np.float32(half - 1)
+    frequencies = np.exp(np.arange(half, dtype=np.float32) * -step).astype(np.float32)
+    angles = (w * frequencies)[np.newaxis]
+    embedding = np.concatenate([np.sin(angles), np.cos(angles)], axis=1)
+    return np.pad(embedding, ((0, 0), (0, width % 2))).astype(np.float32)
+
+
 def conditioning(uses: list[TextEncoderUse], sessions: Mapping[str, Session], positive: list[list[str]],
                  negative: list[list[str]] | None, zero_negative: bool, time_ids: tuple[tuple[float, ...], ...] | None,
-                 copies: int, per_prompt: int, max_chunks: int, clip_skip: int) -> dict[str, np.ndarray]:
+                 copies: int, per_prompt: int, max_chunks: int, clip_skip: int,
+                 guidance: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """The denoiser's conditioning inputs by name: with guidance (copies 2), [negative...,
     positive...] along the batch; each prompt's repeated per_prompt times in a row, as diffusers
     does. `zero_negative`: zeros for the negative half (SDXL's force_zeros_for_empty_prompt);
-    `time_ids`: (positive, negative) size conditions, or None for a UNet without them."""
+    `time_ids`: (positive, negative) size conditions, or None for a UNet without them;
+    `guidance`: a latent consistency model's guidance embedding (one row), or None."""
     prompt_sets = positive if copies == 1 or zero_negative else [n + p for n, p in zip(negative or positive, positive)]
     hidden, pooled = encode_text(uses, sessions, prompt_sets, max_chunks, clip_skip)
     if copies == 2 and zero_negative:
@@ -114,4 +129,6 @@ def conditioning(uses: list[TextEncoderUse], sessions: Mapping[str, Session], po
         rows = len(feeds[DENOISER.text]) // copies
         halves = [time_ids[1], time_ids[0]] if copies == 2 else [time_ids[0]]
         feeds[DENOISER.time_ids] = np.repeat(np.asarray(halves, dtype=np.float32), rows, axis=0)
+    if guidance is not None:
+        feeds[DENOISER.guidance] = np.repeat(guidance, len(feeds[DENOISER.text]), axis=0)
     return feeds

@@ -22,7 +22,7 @@ from .artifact import Artifact, open_artifact
 from .backends import Capabilities, DenoiserSession, SessionOptions, backend_module, best_backend
 from .backends.shape_profiles import default_profile
 from .cache import default_engine_cache
-from .conditioning import conditioning, text_encoder_uses, time_id_values
+from .conditioning import conditioning, guidance_embedding, text_encoder_uses, time_id_values
 from .errors import ArtifactError, RequestError
 from .image_input import image_size, nearest_resize, outpaint_canvas, soft_mask, to_mask, to_pixels
 from .loop import run_plan
@@ -150,6 +150,8 @@ class StableDiffusionPipeline(RunTimeWeights):
         # negative prompt means zero embeddings (diffusers' force_zeros_for_empty_prompt)
         self.time_id_fields: list[str] = list(artifact.pipeline.get("time_ids", []))
         self.force_zeros_for_empty_prompt = bool(artifact.pipeline.get("force_zeros_for_empty_prompt", False))
+        # a latent consistency model takes guidance as a UNet input: no unconditional half
+        self.embedded_guidance = artifact.pipeline.get("guidance") == "embedded"
         # the deepest CLIP skip every text encoder can take (0 where one gives its last layer only)
         self.max_clip_skip = min(
             int(artifact.component(use.component).spec.tensor(TEXT_ENCODER.layers).shape[0]) - 1 + use.layer
@@ -261,6 +263,9 @@ class StableDiffusionPipeline(RunTimeWeights):
             raise RequestError("original_size, crops_coords_top_left, target_size, aesthetic_score and their negative_ "
                                "forms are SDXL's size conditions; this artifact's UNet takes none.")
         clip_skip = clip_skip_value(clip_skip, self.max_clip_skip)
+        if self.embedded_guidance and (negative_prompt is not None or negative_prompt_2 is not None):
+            raise RequestError("This latent consistency model takes guidance as an input of its UNet and runs no "
+                               "unconditional half, so a negative prompt would have no effect; leave it out.")
         if mask_image is not None and image is None:
             raise RequestError("mask_image needs the image to inpaint: pass image= too.")
         if self.inpainting_unet and mask_image is None:
@@ -298,7 +303,8 @@ class StableDiffusionPipeline(RunTimeWeights):
         if image_latents is not None and len(image_latents) not in (1, len(prompts) * per_prompt):
             raise RequestError(f"image= holds {len(image_latents)} latents for {len(prompts) * per_prompt} images; "
                                "give one, or one per image.")
-        self._check_fits(height, width, len(prompts) * per_prompt * guidance_copies(guidance))
+        copies = 1 if self.embedded_guidance else guidance_copies(guidance)
+        self._check_fits(height, width, len(prompts) * per_prompt * copies)
         output_type = output_type_value(output_type)
         if watermark and height * width < WATERMARK_MIN_PIXELS:
             raise RequestError(f"The invisible watermark needs images of at least 256x256 pixels; this request makes "
@@ -317,7 +323,7 @@ class StableDiffusionPipeline(RunTimeWeights):
             task, prompts, negatives, num_inference_steps, guidance, height, width, seed, plan, per_prompt, output_type,
             latents_value(latents, shape), image_input, bool(watermark), prompts_2=prompts_2,
             negative_prompts_2=negatives_2, zero_negative=self.force_zeros_for_empty_prompt and negative_prompt is None,
-            clip_skip=clip_skip, size_conditions=conditions)
+            clip_skip=clip_skip, size_conditions=conditions, embedded_guidance=self.embedded_guidance)
 
     def run(self, request: GenerationRequest, callback: StepCallback | None = None) -> GenerationResult:
         """Run a request made by `request()`: encode the prompt, prepare the starting latents,
@@ -530,8 +536,13 @@ class StableDiffusionPipeline(RunTimeWeights):
             sizes = request.size_conditions
             time_ids = (time_id_values(self.time_id_fields, sizes.values(request.height, request.width)),
                         time_id_values(self.time_id_fields, sizes.negative_values(request.height, request.width)))
+        guidance = None
+        if self.embedded_guidance:
+            width = int(self._components["denoiser"].spec.tensor(DENOISER.guidance).shape[1])
+            guidance = guidance_embedding(request.guidance_scale, width)
         return conditioning(self._text_encoders, self.sessions, positive, negative, request.zero_negative, time_ids,
-                            request.copies, request.num_images_per_prompt, self.max_prompt_chunks, request.clip_skip)
+                            request.copies, request.num_images_per_prompt, self.max_prompt_chunks, request.clip_skip,
+                            guidance)
 
     def _encode_image(self, pixels: np.ndarray, seed: int) -> np.ndarray:
         """Scaled latents of one image: a sample of the VAE encoder's diagonal Gaussian, drawn

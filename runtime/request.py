@@ -119,6 +119,7 @@ class GenerationRequest:
     zero_negative: bool = False  # zero embeddings for the negative half (SDXL base without a negative prompt)
     clip_skip: int = 0
     size_conditions: SizeConditions = SizeConditions()
+    embedded_guidance: bool = False  # the UNet takes guidance as an input (a latent consistency model)
 
     @property
     def batch_size(self) -> int:
@@ -126,12 +127,13 @@ class GenerationRequest:
 
     @property
     def uses_guidance(self) -> bool:
-        return guidance_copies(self.guidance_scale) == 2
+        """Classifier-free guidance: an unconditional and a conditional half in every UNet call."""
+        return self.copies == 2
 
     @property
     def copies(self) -> int:
         """How many times the latents go into each denoiser call: unconditional and conditional."""
-        return guidance_copies(self.guidance_scale)
+        return 1 if self.embedded_guidance else guidance_copies(self.guidance_scale)
 
 
 def guidance_copies(guidance_scale: float) -> int:

@@ -192,3 +192,58 @@ def test_every_network_matches_pytorch_at_export(tiny_sdxl_artifact, tiny_sdxl_r
     names = sdrt.open_artifact(tiny_sdxl_artifact).manifest["components"]
     assert {"text_encoder", "text_encoder_2", "unet"} <= set(names)
     assert [t["name"] for t in names["unet"]["inputs"]][3:] == ["text_embeds", "time_ids"]
+
+
+def test_generate_with_a_refiner_is_the_api_hand_off(tiny_sdxl_artifact, tiny_sdxl_refiner_artifact, tmp_path):
+    from PIL import Image
+
+    from sdrt.cli import main
+
+    out = tmp_path / "l.png"
+    assert main(["generate", PROMPT, "--artifact", str(tiny_sdxl_artifact), "--high-noise-frac", "0.75",
+                 "--refiner", str(tiny_sdxl_refiner_artifact), "--size", f"{WIDTH}x{HEIGHT}", "--steps", "8",
+                 "--seed", "3", "--backend", "onnxruntime", "--prompt-2", "an oil painting", "-o", str(out)]) == 0
+    base = sdrt.load(tiny_sdxl_artifact, backend="onnxruntime")
+    refiner = sdrt.load(tiny_sdxl_refiner_artifact, backend="onnxruntime")
+    common = dict(num_inference_steps=8, guidance_scale=7.5, seed=3)
+    latents = base(PROMPT, prompt_2="an oil painting", height=HEIGHT, width=WIDTH, denoising_end=0.75,
+                   output_type="latent", **common).images
+    expected = refiner(PROMPT, prompt_2="an oil painting", image=latents, denoising_start=0.75, **common).images[0]
+    written = Image.open(out)
+    assert written.size == (WIDTH, HEIGHT)
+    np.testing.assert_array_equal(np.asarray(written), np.asarray(expected))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_lcm_with_a_guidance_embedding_matches_diffusers(tiny_lcm_checkpoint, tiny_lcm_artifact, backend):
+    pipe = load(tiny_lcm_artifact, backend)
+    assert pipe.default_sampler == "lcm" and pipe.embedded_guidance
+    theirs_pipe = reference(diffusers.LatentConsistencyModelPipeline, tiny_lcm_checkpoint)
+    latents = gaussian_noise(7, (1, 4, HEIGHT // 2, WIDTH // 2))
+    calls = []
+    session = pipe.sessions["denoiser"]
+
+    class Counting:
+        def run(self, feeds):
+            calls.append(feeds["sample"].shape[0])
+            return session.run(feeds)
+
+    pipe.sessions["denoiser"] = Counting()
+    images, errors = {}, []
+    # One step: LCM's later steps add fresh noise, drawn by diffusers from torch's generator and by sdrt from its
+    # own (the lcm plan's steps, noise included, are checked against LCMScheduler in tests/test_samplers.py).
+    for guidance in (8.5, 2.0):
+        ours = pipe(PROMPT, latents=latents, num_inference_steps=1, guidance_scale=guidance, height=HEIGHT,
+                    width=WIDTH, output_type="np")
+        theirs = run_reference(theirs_pipe, latents, prompt=PROMPT, num_inference_steps=1, guidance_scale=guidance,
+                               height=HEIGHT, width=WIDTH)
+        images[guidance] = ours.images
+        errors.append(close(ours.images, theirs))
+        assert errors[-1] <= 1 / 255
+    four = pipe(PROMPT, num_inference_steps=4, guidance_scale=8.5, height=HEIGHT, width=WIDTH, seed=7)
+    assert [step.timestep for step in four.plan.steps] == [999, 759, 499, 259]  # diffusers' LCMScheduler's
+    assert set(calls) == {1}  # no unconditional half
+    # the embedded guidance reaches the UNet: its effect is many times the parity error
+    assert np.abs(images[8.5] - images[2.0]).mean() > 20 * max(errors)
+    with pytest.raises(RequestError, match="runs no unconditional half"):
+        pipe.request(PROMPT, negative_prompt="blurry")

@@ -149,6 +149,12 @@ struct Pipeline::Impl {
       throw Error("This host runs the sd1 and sd2 families; the artifact is \"" + family + "\".");
     }
     const json::Value& pipeline = manifest.at("pipeline", "The manifest");
+    if (const json::Value* guidance = pipeline.find("guidance")) {
+      if (guidance->string("guidance") != "classifier_free") {
+        throw Error("This host runs classifier-free guidance; the artifact's UNet takes guidance as an input (a "
+                    "latent consistency model). Generate with sdrt's Python runtime.");
+      }
+    }
     latent_channels = static_cast<int>(pipeline.at("latent_channels", "pipeline").integer("latent_channels"));
     vae_scale_factor = static_cast<int>(pipeline.at("vae_scale_factor", "pipeline").integer("vae_scale_factor"));
     const json::Value* multiple = pipeline.find("size_multiple");
