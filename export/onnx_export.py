@@ -81,6 +81,17 @@ def component_modules(text_encoders: dict, unet, vae, *, added_conditions: bool 
     unets = {(False, False): UNet, (True, False): AddedConditionsUNet, (False, True): GuidanceUNet,
              (True, True): AddedConditionsGuidanceUNet}
 
+    modules = {name: TextEncoder(model, normed) for name, (model, normed) in text_encoders.items()}
+    modules.update(unet=unets[added_conditions, guidance_embedding](), **vae_modules(vae))
+    return modules
+
+
+def vae_modules(vae) -> dict:
+    """The decoder and encoder of an AutoencoderKL (the encoder giving its distribution's
+    parameters) or an AutoencoderTiny (the encoder giving the latents), as "vae_decoder" and
+    "vae_encoder" modules."""
+    import torch
+
     class VaeDecoder(torch.nn.Module):
         def __init__(self):
             super().__init__()
@@ -95,12 +106,10 @@ def component_modules(text_encoders: dict, unet, vae, *, added_conditions: bool 
             self.model = vae
 
         def forward(self, sample):
-            return self.model.encode(sample, return_dict=True).latent_dist.parameters
+            encoded = self.model.encode(sample, return_dict=True)
+            return encoded.latents if hasattr(encoded, "latents") else encoded.latent_dist.parameters
 
-    modules = {name: TextEncoder(model, normed) for name, (model, normed) in text_encoders.items()}
-    modules.update(unet=unets[added_conditions, guidance_embedding](), vae_decoder=VaeDecoder(),
-                   vae_encoder=VaeEncoder())
-    return modules
+    return {"vae_decoder": VaeDecoder(), "vae_encoder": VaeEncoder()}
 
 
 def _dynamic_shapes(spec: ComponentSpec):

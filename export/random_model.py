@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..models.configs import checkpoint_config
+from ..models.configs import autoencoder_config, checkpoint_config
 from .source import EXPORT_PACKAGES, ExportError, require_packages, write_config_folder
 
 
@@ -36,6 +36,24 @@ def build_random_pipeline(config_name: str, folder: Path, seed: int = 0) -> Path
         UNet2DConditionModel(**config["unet"]).save_pretrained(folder / "unet")
         AutoencoderKL(**config["vae"]).save_pretrained(folder / "vae")
     return folder
+
+
+def build_random_vae(config_name: str, folder: Path, seed: int = 0) -> Path:
+    """Write a random-weight VAE of the named config (models.configs.KNOWN_AUTOENCODERS: taesd,
+    tiny-taesd) to `folder`, as diffusers' save_pretrained does."""
+    require_packages("Building a random-weight VAE", EXPORT_PACKAGES)
+    import torch
+    from diffusers import AutoencoderTiny
+
+    try:
+        config = autoencoder_config(config_name)
+    except ValueError as error:
+        raise ExportError(str(error)) from None
+    config.pop("_class_name")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        AutoencoderTiny(**config).save_pretrained(folder)
+    return Path(folder)
 
 
 def standard_text_encoder_keys(tensors: dict) -> dict:

@@ -139,7 +139,8 @@ class VaeDecoderIO:
 @dataclass(frozen=True)
 class VaeEncoderIO:
     image: str = "sample"
-    parameters: str = "latent_parameters"  # the diagonal Gaussian's mean and log-variance
+    parameters: str = "latent_parameters"  # the diagonal Gaussian's mean and log-variance (AutoencoderKL)
+    latents: str = "latents"  # the latents themselves, for an encoder that gives no distribution (AutoencoderTiny)
 
 
 TEXT_ENCODER, DENOISER, VAE_DECODER, VAE_ENCODER = TextEncoderIO(), DenoiserIO(), VaeDecoderIO(), VaeEncoderIO()
@@ -196,9 +197,9 @@ def unet_spec(in_channels: int, out_channels: int, text_hidden_size: int, latent
     )
 
 
-def vae_decoder_spec(latent_channels: int, scale_factor: int) -> ComponentSpec:
+def vae_decoder_spec(latent_channels: int, scale_factor: int, name: str = "vae_decoder") -> ComponentSpec:
     return ComponentSpec(
-        name="vae_decoder",
+        name=name,
         role="vae_decoder",
         inputs=(TensorSpec(VAE_DECODER.latents, "float32",
                            ("batch", latent_channels, "latent_height", "latent_width")),),
@@ -207,17 +208,20 @@ def vae_decoder_spec(latent_channels: int, scale_factor: int) -> ComponentSpec:
     )
 
 
-def vae_encoder_spec(latent_channels: int, scale_factor: int) -> ComponentSpec:
+def vae_encoder_spec(latent_channels: int, scale_factor: int, name: str = "vae_encoder",
+                     deterministic: bool = False) -> ComponentSpec:
     # The encoder returns the diagonal Gaussian's parameters (mean, log-variance stacked on
-    # the channel axis) so that the runtime samples it with its own portable noise.
+    # the channel axis) so that the runtime samples it with its own portable noise; a
+    # deterministic one (AutoencoderTiny) returns the latents.
+    output = (TensorSpec(VAE_ENCODER.latents, "float32", ("batch", latent_channels, "latent_height", "latent_width"))
+              if deterministic else
+              TensorSpec(VAE_ENCODER.parameters, "float32",
+                         ("batch", 2 * latent_channels, "latent_height", "latent_width")))
     return ComponentSpec(
-        name="vae_encoder",
+        name=name,
         role="vae_encoder",
         inputs=(TensorSpec(VAE_ENCODER.image, "float32", ("batch", 3, "height", "width")),),
-        outputs=(
-            TensorSpec(VAE_ENCODER.parameters, "float32",
-                       ("batch", 2 * latent_channels, "latent_height", "latent_width")),
-        ),
+        outputs=(output,),
         axis_ranges={"batch": (1, BATCH_MAX), "height": (scale_factor, LATENT_MAX * scale_factor),
                      "width": (scale_factor, LATENT_MAX * scale_factor)},
         axis_multiples={"height": scale_factor, "width": scale_factor},

@@ -228,6 +228,29 @@ _CONFIGS["sd2-inpainting"]["scheduler"] = {**_CONFIGS["sd2"]["scheduler"], "pred
 
 KNOWN_CONFIGS = tuple(_CONFIGS)
 
+# The tiny autoencoder (TAESD, madebyollin; diffusers' AutoencoderTiny): a small decoder and encoder
+# for SD 1.x/2.x latents (taesdxl: the same shapes, for SDXL's). `tiny-taesd` is f=2, for the tiny
+# models' VAE scale.
+_AUTOENCODERS = {
+    "taesd": {"_class_name": "AutoencoderTiny", "in_channels": 3, "out_channels": 3, "latent_channels": 4,
+              "encoder_block_out_channels": [64, 64, 64, 64], "decoder_block_out_channels": [64, 64, 64, 64],
+              "num_encoder_blocks": [1, 3, 3, 3], "num_decoder_blocks": [3, 3, 3, 1], "act_fn": "relu",
+              "upsampling_scaling_factor": 2, "latent_magnitude": 3, "latent_shift": 0.5, "scaling_factor": 1.0,
+              "force_upcast": False},
+}
+_AUTOENCODERS["taesdxl"] = _AUTOENCODERS["taesd"]
+_AUTOENCODERS["tiny-taesd"] = {**_AUTOENCODERS["taesd"], "encoder_block_out_channels": [32, 32],
+                               "decoder_block_out_channels": [32, 32], "num_encoder_blocks": [1, 2],
+                               "num_decoder_blocks": [2, 1]}
+KNOWN_AUTOENCODERS = tuple(_AUTOENCODERS)
+
+
+def autoencoder_config(name: str) -> dict:
+    """A deep copy of the named autoencoder config (KNOWN_AUTOENCODERS)."""
+    if name not in _AUTOENCODERS:
+        raise ValueError(f"Unknown autoencoder config {name!r}; known configs: {', '.join(KNOWN_AUTOENCODERS)}.")
+    return copy.deepcopy(_AUTOENCODERS[name])
+
 
 def checkpoint_config(name: str) -> dict:
     """A deep copy of the named config (KNOWN_CONFIGS)."""

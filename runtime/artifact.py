@@ -62,11 +62,19 @@ class Artifact:
         return Component(base.spec, self.root / entry["path"], precision, entry, checksums,
                          tuple(self.root / relative for relative in entry["files"]))
 
-    def component_for_role(self, role: str) -> Component:
+    def component_for_role(self, role: str, vae: str | None = None) -> Component:
+        """The component of `role`; for the VAE's roles, that of the VAE named `vae` (None: the
+        checkpoint's own; others are added under a name, e.g. taesd: export/vae.py)."""
         for name, entry in self.manifest["components"].items():
-            if entry["role"] == role:
+            if entry["role"] == role and entry.get("vae") == vae:
                 return self.component(name)
-        raise ArtifactError(f"The artifact at {self.root} has no {role} component.")
+        which = f" of the VAE {vae!r}" if vae else ""
+        raise ArtifactError(f"The artifact at {self.root} has no {role} component{which}.")
+
+    @property
+    def vaes(self) -> list[str]:
+        """The names of the VAEs added beside the checkpoint's own (e.g. taesd)."""
+        return sorted({entry["vae"] for entry in self.manifest["components"].values() if entry.get("vae")})
 
     def has_role(self, role: str) -> bool:
         return any(entry["role"] == role for entry in self.manifest["components"].values())

@@ -94,13 +94,18 @@ class StableDiffusionPipeline(RunTimeWeights):
     families, on one backend."""
 
     def __init__(self, artifact: Artifact, backend: str = "onnxruntime", options: SessionOptions | None = None,
-                 precision: Precision | None = None, memory_check: bool = True):
+                 precision: Precision | None = None, memory_check: bool = True, vae: str | None = None):
         options = options or SessionOptions()
         # refuse requests whose estimated activations exceed the memory available (runtime/memory.py)
         self.memory_check = memory_check
         if artifact.family not in FAMILIES:
             raise ArtifactError(f"This sdrt runs the {', '.join(FAMILIES)} families; the artifact is "
                                 f"{artifact.family!r}. Upgrade sdrt to run it.")
+        if vae is not None and vae not in artifact.vaes:
+            have = f"it has: {', '.join(artifact.vaes)}" if artifact.vaes else "it has none besides its own"
+            raise ArtifactError(f"The artifact has no VAE named {vae!r} ({have}); add one with `sdrt add-vae "
+                                f"{artifact.root} PATH --name {vae}`.")
+        self.vae = vae  # the VAE the images go through: None, the checkpoint's own, or one added by name
         module = backend_module(backend)
         self._capabilities: Capabilities = module.CAPABILITIES
         self._capabilities.check(backend, options)
@@ -120,7 +125,8 @@ class StableDiffusionPipeline(RunTimeWeights):
         # the text encoders go by their component names (text_encoder, text_encoder_2), the rest by role
         self._text_encoders = text_encoder_uses(artifact)
         keys = {use.component: use.component for use in self._text_encoders}
-        keys.update((role, artifact.component_for_role(role).spec.name) for role in ("denoiser", "vae_decoder"))
+        keys.update(denoiser=artifact.component_for_role("denoiser").spec.name,
+                    vae_decoder=artifact.component_for_role("vae_decoder", vae).spec.name)
         for role, name in keys.items():
             chosen = self.precisions[name]
             component = artifact.variant(name, "fp32" if chosen == "bf16" else chosen)
@@ -507,8 +513,7 @@ class StableDiffusionPipeline(RunTimeWeights):
         available = available_memory() if self.memory_check else None
         if available is None:
             return
-        configs = {role: self.artifact.component_for_role(role).entry.get("config") or {}
-                   for role in ("denoiser", "vae_decoder")}
+        configs = {role: self._components[role].entry.get("config") or {} for role in ("denoiser", "vae_decoder")}
         needed = estimate_request(configs, batch, height, width, scale)
         if needed is None or needed.bytes <= available:
             return
@@ -549,25 +554,37 @@ class StableDiffusionPipeline(RunTimeWeights):
         with the seed's own stream (diffusers' DiagonalGaussianDistribution.sample)."""
         if "vae_encoder" not in self.sessions:
             # Opened on the first image-to-image request: text-to-image never holds it in memory.
-            component = self.artifact.component_for_role("vae_encoder")
-            decoder = self.artifact.component_for_role("vae_decoder").spec.name
+            component = self.artifact.component_for_role("vae_encoder", self.vae)
+            decoder = self._components["vae_decoder"].spec.name
             compute = "bf16" if self.precisions[decoder] == "bf16" else "fp32"
             self.sessions["vae_encoder"] = self._backend_module.open_session(
                 component, replace(self.options, precision=compute))
-        parameters = self.sessions["vae_encoder"].run({VAE_ENCODER.image: pixels})[VAE_ENCODER.parameters]
-        mean, log_variance = np.split(parameters, 2, axis=1)
-        std = np.exp(np.float32(0.5) * np.clip(log_variance, -30.0, 20.0))  # clamped as diffusers does
-        sample = mean + std * gaussian_noise(seed, mean.shape, VAE_SAMPLE_STREAM)
-        pipeline = self.artifact.pipeline
-        if pipeline.get("vae_shift_factor") is not None:
-            sample = sample - np.float32(pipeline["vae_shift_factor"])
-        return (sample * np.float32(pipeline["vae_scaling_factor"])).astype(np.float32)
+        outputs = self.sessions["vae_encoder"].run({VAE_ENCODER.image: pixels})
+        if VAE_ENCODER.latents in outputs:  # a deterministic encoder (AutoencoderTiny): the latents themselves
+            sample = outputs[VAE_ENCODER.latents]
+        else:
+            mean, log_variance = np.split(outputs[VAE_ENCODER.parameters], 2, axis=1)
+            std = np.exp(np.float32(0.5) * np.clip(log_variance, -30.0, 20.0))  # clamped as diffusers does
+            sample = mean + std * gaussian_noise(seed, mean.shape, VAE_SAMPLE_STREAM)
+        scaling, shift = self._vae_factors
+        if shift is not None:
+            sample = sample - np.float32(shift)
+        return (sample * np.float32(scaling)).astype(np.float32)
+
+    @property
+    def _vae_factors(self) -> tuple[float, float | None]:
+        """(scaling factor, shift factor) of the VAE in use: latents = (vae latents - shift) * scaling."""
+        if self.vae is None:
+            pipeline = self.artifact.pipeline
+            return pipeline["vae_scaling_factor"], pipeline.get("vae_shift_factor")
+        entry = self._components["vae_decoder"].entry
+        return entry.get("scaling_factor", 1.0), entry.get("shift_factor")
 
     def _decode(self, latents: np.ndarray) -> np.ndarray:
-        pipeline = self.artifact.pipeline
-        scaled = latents / np.float32(pipeline["vae_scaling_factor"])
-        if pipeline.get("vae_shift_factor") is not None:
-            scaled = scaled + np.float32(pipeline["vae_shift_factor"])
+        scaling, shift = self._vae_factors
+        scaled = latents / np.float32(scaling)
+        if shift is not None:
+            scaled = scaled + np.float32(shift)
         # One image at a time keeps the decoder's peak memory independent of the batch.
         decoder = self.sessions["vae_decoder"]
         return np.concatenate([decoder.run({VAE_DECODER.latents: scaled[i:i + 1]})[VAE_DECODER.image]
@@ -595,7 +612,7 @@ def load(artifact: str | os.PathLike, backend: str | None = None, device: str | 
          num_threads: int | None = None, verify_checksums: bool = True,
          engine_cache: str | os.PathLike | bool | None = None,
          device_loop: bool | None = None, cuda_graph: bool = False,
-         static_shapes: bool = True, memory_check: bool = True) -> StableDiffusionPipeline:
+         static_shapes: bool = True, memory_check: bool = True, vae: str | None = None) -> StableDiffusionPipeline:
     """Open an sdrt artifact folder on a backend and return a text-to-image pipeline.
 
     backend: "onnxruntime", "openvino" or "tensorrt" (default: openvino where installed, else
@@ -621,7 +638,9 @@ def load(artifact: str | os.PathLike, backend: str | None = None, device: str | 
     call, and again when a request changes them (as optimum-intel's reshape does): faster
     networks (benchmarks/README.md); False: one compile, at load, for every shape;
     memory_check: refuse a request whose activations, estimated from the network configs, need
-    more memory than the system has free (sdrt.runtime.memory), saying what size fits.
+    more memory than the system has free (sdrt.runtime.memory), saying what size fits;
+    vae: decode (and encode) with a VAE added to the artifact under this name, e.g. "taesd" (the
+    tiny autoencoder: `sdrt add-vae`, docs/families.md); None: the checkpoint's own.
     """
     backend = best_backend() if backend is None else backend
     chosen: str = device or backend_module(backend).CAPABILITIES.default_device  # a missing package fails here
@@ -630,7 +649,7 @@ def load(artifact: str | os.PathLike, backend: str | None = None, device: str | 
     options = SessionOptions(device=chosen, num_threads=num_threads, engine_cache=_engine_cache_folder(engine_cache),
                              device_loop=device_loop, cuda_graph=cuda_graph, static_shapes=static_shapes)
     return StableDiffusionPipeline(open_artifact(Path(artifact), verify_checksums=verify_checksums), backend, options,
-                                   precision, memory_check=memory_check)
+                                   precision, memory_check=memory_check, vae=vae)
 
 
 def _engine_cache_folder(engine_cache: str | os.PathLike | bool) -> str | None:

@@ -247,3 +247,63 @@ def test_lcm_with_a_guidance_embedding_matches_diffusers(tiny_lcm_checkpoint, ti
     assert np.abs(images[8.5] - images[2.0]).mean() > 20 * max(errors)
     with pytest.raises(RequestError, match="runs no unconditional half"):
         pipe.request(PROMPT, negative_prompt="blurry")
+
+
+@pytest.fixture(scope="module")
+def taesd(tiny_artifact, tmp_path_factory):
+    """The tiny model's artifact with a tiny TAESD added as "taesd" (through the CLI), and the TAESD's folder."""
+    import shutil
+
+    from sdrt.cli import main
+    from sdrt.export.random_model import build_random_vae
+
+    root = tmp_path_factory.mktemp("taesd")
+    artifact = root / "artifact"
+    shutil.copytree(tiny_artifact, artifact)
+    vae = build_random_vae("tiny-taesd", root / "taesd")
+    assert main(["add-vae", str(artifact), str(vae), "--name", "taesd"]) == 0
+    return artifact, vae
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_tiny_autoencoder_matches_diffusers(taesd, tiny_checkpoint, backend, monkeypatch):
+    from diffusers.pipelines.stable_diffusion import pipeline_stable_diffusion_img2img as img2img_module
+    from PIL import Image
+
+    from sdrt.runtime.noise import INITIAL_LATENTS_STREAM
+
+    artifact, vae_folder = taesd
+    pipe = sdrt.load(artifact, backend=backend, vae="taesd")
+    assert pipe._components["vae_decoder"].spec.name == "taesd_decoder"
+    tiny = diffusers.AutoencoderTiny.from_pretrained(vae_folder)
+    their_pipe = diffusers.StableDiffusionPipeline.from_pretrained(tiny_checkpoint, vae=tiny, safety_checker=None,
+                                                                   requires_safety_checker=False)
+    their_pipe.set_progress_bar_config(disable=True)
+    their_pipe.scheduler = diffusers.EulerDiscreteScheduler.from_config(their_pipe.scheduler.config)
+    latents = gaussian_noise(8, (1, 4, HEIGHT // 2, WIDTH // 2))
+    common = dict(negative_prompt=NEGATIVE, num_inference_steps=4, guidance_scale=6.0)
+    ours = pipe(PROMPT, latents=latents, height=HEIGHT, width=WIDTH, scheduler="euler", output_type="np", **common)
+    theirs = run_reference(their_pipe, latents, prompt=PROMPT, height=HEIGHT, width=WIDTH, **common)
+    assert close(ours.images, theirs) <= 1 / 255
+    # the checkpoint's own VAE gives another image from the same latents
+    own = sdrt.load(artifact, backend=backend)(PROMPT, latents=latents, height=HEIGHT, width=WIDTH, scheduler="euler",
+                                               output_type="np", **common).images
+    assert np.abs(own - ours.images).mean() > 5 / 255
+    # image-to-image through TAESD's encoder (deterministic: no VAE sample), diffusers' added noise replaced by
+    # sdrt's stream for the seed
+    picture = Image.fromarray((np.random.default_rng(0).random((HEIGHT, WIDTH, 3)) * 255).astype(np.uint8))
+    monkeypatch.setattr(img2img_module, "randn_tensor", lambda shape, **kwargs: torch.from_numpy(
+        gaussian_noise(9, tuple(shape), INITIAL_LATENTS_STREAM)))
+    their_img2img = diffusers.StableDiffusionImg2ImgPipeline(**their_pipe.components)
+    their_img2img.set_progress_bar_config(disable=True)
+    ours = pipe(PROMPT, image=picture, strength=0.6, seed=9, scheduler="euler", output_type="np", **common).images
+    with torch.no_grad():
+        theirs = their_img2img(PROMPT, image=picture, strength=0.6, output_type="np", **common).images
+    assert close(ours, theirs) <= 1 / 255
+
+
+def test_an_unknown_vae_name_lists_the_ones_there(taesd):
+    from sdrt.runtime.errors import ArtifactError
+
+    with pytest.raises(ArtifactError, match=r"no VAE named 'taesdxl' \(it has: taesd\)"):
+        sdrt.load(taesd[0], vae="taesdxl")

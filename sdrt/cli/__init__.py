@@ -12,6 +12,7 @@ from sdrt.runtime.errors import SdrtError
 COMMANDS = {
     "export": ("export", "export a checkpoint to an artifact folder"),
     "quantize": ("quantize", "add a precision variant to an artifact, with its quality report"),
+    "add-vae": ("add_vae", "add another VAE (e.g. the tiny autoencoder TAESD) to an artifact"),
     "info": ("info", "describe an artifact and check it"),
     "plan": ("plan", "add sampler plans to an artifact for C++ hosts"),
     "generate": ("generate", "generate images from a prompt"),

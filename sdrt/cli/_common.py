@@ -77,7 +77,8 @@ def load_pipeline(args, artifact=None):
     engine_cache = False if args.no_engine_cache else args.engine_cache
     return sdrt.load(artifact, backend=args.backend, device=args.device, precision=args.precision,
                      num_threads=args.threads, engine_cache=engine_cache, cuda_graph=args.cuda_graph,
-                     static_shapes=not args.dynamic_shapes, memory_check=not args.no_memory_check)
+                     static_shapes=not args.dynamic_shapes, memory_check=not args.no_memory_check,
+                     vae=getattr(args, "vae", None))
 
 
 def progress_bar(total: int, unit: str):

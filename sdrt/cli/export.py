@@ -34,6 +34,10 @@ def add_parser(commands, name: str, summary: str) -> None:
     export.add_argument("--config", default="sd15",
                         help="for a single-file checkpoint: its architecture, a known config (sd15, sd15-inpainting, "
                              "tiny) or a diffusers folder holding its config files (default sd15)")
+    export.add_argument("--tiny-vae", default=None, metavar="PATH",
+                        help="also store this tiny autoencoder (a diffusers AutoencoderTiny folder: TAESD for SD "
+                             "1.x/2.x, TAESDXL for SDXL; or random:taesd) as the VAE named taesd (`--vae taesd` at "
+                             "generate time)")
     export.add_argument("--no-verify", action="store_true",
                         help="skip measuring each component against PyTorch after export")
     export.add_argument("--precision", default="fp32",
@@ -74,6 +78,12 @@ def run(args, argv: list[str]) -> int:
             bar.close()
         if scratch is not None:
             scratch.cleanup()
+    if args.tiny_vae is not None:
+        from types import SimpleNamespace
+
+        from .add_vae import added_vae
+
+        added_vae(SimpleNamespace(artifact=path, vae=args.tiny_vae, name="taesd", overwrite=False))
     for precision in precisions:
         report_quality(precision, make_variants(path, precision, progress=lambda what: progress(0, 1, what)))
     print(f"exported {args.checkpoint} to {path}")

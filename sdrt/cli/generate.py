@@ -25,6 +25,9 @@ def add_parser(commands, name: str, summary: str) -> None:
     generate.add_argument("--clip-skip", type=int, default=None,
                           help="condition on this many text-encoder layers before the last one the model was trained "
                                "with (diffusers' clip_skip; the web UIs' \"CLIP skip\" N is N - 1); default 0")
+    generate.add_argument("--vae", default=None, metavar="NAME",
+                          help="decode (and encode) with a VAE added to the artifact under NAME, e.g. taesd (the tiny "
+                               "autoencoder: `sdrt add-vae`); default: the checkpoint's own")
     generate.add_argument("--refiner", default=None, metavar="ARTIFACT",
                           help="SDXL: finish the image with this refiner artifact from --high-noise-frac of the "
                                "schedule on (diffusers' ensemble of experts)")
