@@ -69,7 +69,7 @@ def add_vae(artifact_root: str | os.PathLike, source: str | os.PathLike, name: s
     specs = {"vae_decoder": descriptors.vae_decoder_spec(channels, scale, names["vae_decoder"]),
              "vae_encoder": descriptors.vae_encoder_spec(channels, scale, names["vae_encoder"], deterministic)}
     latent = 16
-    sizes = {"batch": 1, "latent_height": latent, "latent_width": latent + 8, "height": latent * scale,
+    sizes = {"batch": 2, "latent_height": latent, "latent_width": latent + 8, "height": latent * scale,
              "width": (latent + 8) * scale}
     modules = vae_modules(vae)
     factors = {"scaling_factor": config.get("scaling_factor", 1.0), "shift_factor": config.get("shift_factor")}

@@ -62,15 +62,18 @@ def _vae_decoder(config: dict, latent_h: int, latent_w: int, scale: int) -> Memo
 
 
 def estimate_request(configs: dict[str, dict], batch: int, height: int, width: int,
-                     scale: int) -> MemoryEstimate | None:
+                     scale: int, decode_tile: int | None = None) -> MemoryEstimate | None:
     """The largest activation memory one network call of the request needs, by role:
     configs["denoiser"] (a UNet2DConditionModel config) at `batch` (guidance copies included),
-    configs["vae_decoder"] (an AutoencoderKL config) one image at a time. None when a config
-    lacks what the estimate reads."""
+    configs["vae_decoder"] (an AutoencoderKL config) one image at a time (one tile at a time, of
+    `decode_tile` latent pixels a side, when the decoder tiles). None when a config lacks what the
+    estimate reads."""
     latent_h, latent_w = height // scale, width // scale
+    tile_h, tile_w = (latent_h, latent_w) if decode_tile is None else (min(latent_h, decode_tile),
+                                                                       min(latent_w, decode_tile))
     try:
         estimates = [_unet(configs["denoiser"], batch, latent_h, latent_w),
-                     _vae_decoder(configs["vae_decoder"], latent_h, latent_w, scale)]
+                     _vae_decoder(configs["vae_decoder"], tile_h, tile_w, scale)]
     except (KeyError, TypeError, IndexError, ValueError):
         return None
     return max(estimates, key=lambda e: e.bytes)

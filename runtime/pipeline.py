@@ -45,6 +45,7 @@ from .request import (
     prompt_lists,
     seed_value,
     size_value,
+    vae_tiling_value,
 )
 from .run_time_weights import RunTimeWeights
 from .samplers import (
@@ -55,6 +56,7 @@ from .samplers import (
     default_sampler,
     end_plan_at,
 )
+from .vae_tiling import tile_sizes, tiled_decode
 from .watermark import MIN_PIXELS as WATERMARK_MIN_PIXELS
 from .watermark import embed as embed_watermark
 
@@ -94,7 +96,8 @@ class StableDiffusionPipeline(RunTimeWeights):
     families, on one backend."""
 
     def __init__(self, artifact: Artifact, backend: str = "onnxruntime", options: SessionOptions | None = None,
-                 precision: Precision | None = None, memory_check: bool = True, vae: str | None = None):
+                 precision: Precision | None = None, memory_check: bool = True, vae: str | None = None,
+                 vae_tiling: bool | int = False):
         options = options or SessionOptions()
         # refuse requests whose estimated activations exceed the memory available (runtime/memory.py)
         self.memory_check = memory_check
@@ -167,6 +170,9 @@ class StableDiffusionPipeline(RunTimeWeights):
         self.vae_scale_factor = pipeline["vae_scale_factor"]
         self.size_multiple = pipeline.get("size_multiple", self.vae_scale_factor)
         self.default_size = tuple(pipeline["default_size"])
+        # decode large images in tiles of the VAE's training size (diffusers' enable_vae_tiling), or of
+        # this many pixels a side
+        self.vae_tiling = vae_tiling_value(vae_tiling, self.vae_scale_factor)
         unet_channels = denoiser.tensor(DENOISER.sample).shape[1]
         # An inpainting UNet (SD inpainting checkpoints) also takes the mask and the masked image's latents.
         self.inpainting_unet = unet_channels == 2 * self.latent_channels + 1
@@ -514,13 +520,14 @@ class StableDiffusionPipeline(RunTimeWeights):
         if available is None:
             return
         configs = {role: self._components[role].entry.get("config") or {} for role in ("denoiser", "vae_decoder")}
-        needed = estimate_request(configs, batch, height, width, scale)
+        tile = self._tile_sizes()[0] if self.vae_tiling and tile_sizes(configs["vae_decoder"], scale) else None
+        needed = estimate_request(configs, batch, height, width, scale, tile)
         if needed is None or needed.bytes <= available:
             return
         multiple = self.size_multiple
         low, high = (side * scale for side in ranges.get("latent_height", (1, height // scale)))
         fitting = [side for side in range(-(-low // multiple) * multiple, min(high, max(height, width)) + 1, multiple)
-                   if (fit := estimate_request(configs, batch, side, side, scale)) and fit.bytes <= available]
+                   if (fit := estimate_request(configs, batch, side, side, scale, tile)) and fit.bytes <= available]
         advice = (f"the largest square size that fits is about {fitting[-1]}x{fitting[-1]}" if fitting else
                   "no size fits with this many images at once")
         raise RequestError(f"A {width}x{height} request needs about {needed.bytes / 2**30:.1f} GiB for the "
@@ -585,10 +592,28 @@ class StableDiffusionPipeline(RunTimeWeights):
         scaled = latents / np.float32(scaling)
         if shift is not None:
             scaled = scaled + np.float32(shift)
-        # One image at a time keeps the decoder's peak memory independent of the batch.
+        # One image at a time keeps the decoder's peak memory independent of the batch; with
+        # vae_tiling, a large one goes tile by tile (runtime/vae_tiling.py).
         decoder = self.sessions["vae_decoder"]
-        return np.concatenate([decoder.run({VAE_DECODER.latents: scaled[i:i + 1]})[VAE_DECODER.image]
-                               for i in range(scaled.shape[0])])
+
+        def decode(latents: np.ndarray) -> np.ndarray:
+            return decoder.run({VAE_DECODER.latents: latents})[VAE_DECODER.image]
+
+        tiles = self._tile_sizes() if self.vae_tiling else None
+        if tiles is not None and max(scaled.shape[2:]) > tiles[0]:
+            return np.concatenate([tiled_decode(decode, scaled[i:i + 1], *tiles) for i in range(scaled.shape[0])])
+        return np.concatenate([decode(scaled[i:i + 1]) for i in range(scaled.shape[0])])
+
+    def _tile_sizes(self) -> tuple[int, int]:
+        """(latent, image) pixels a side of a decoding tile: vae_tiling's own size, or the VAE's."""
+        tiles = tile_sizes(self._components["vae_decoder"].entry.get("config") or {}, self.vae_scale_factor)
+        if tiles is not None and not isinstance(self.vae_tiling, bool):
+            return self.vae_tiling // self.vae_scale_factor, self.vae_tiling
+        if tiles is None:
+            raise RequestError("vae_tiling decodes with the tiles of an AutoencoderKL's training size; this VAE "
+                               f"({self.vae}) has none: turn vae_tiling off (the tiny autoencoder needs little "
+                               "memory).")
+        return tiles
 
 
 
@@ -612,7 +637,8 @@ def load(artifact: str | os.PathLike, backend: str | None = None, device: str | 
          num_threads: int | None = None, verify_checksums: bool = True,
          engine_cache: str | os.PathLike | bool | None = None,
          device_loop: bool | None = None, cuda_graph: bool = False,
-         static_shapes: bool = True, memory_check: bool = True, vae: str | None = None) -> StableDiffusionPipeline:
+         static_shapes: bool = True, memory_check: bool = True, vae: str | None = None,
+         vae_tiling: bool | int = False) -> StableDiffusionPipeline:
     """Open an sdrt artifact folder on a backend and return a text-to-image pipeline.
 
     backend: "onnxruntime", "openvino" or "tensorrt" (default: openvino where installed, else
@@ -640,7 +666,12 @@ def load(artifact: str | os.PathLike, backend: str | None = None, device: str | 
     memory_check: refuse a request whose activations, estimated from the network configs, need
     more memory than the system has free (sdrt.runtime.memory), saying what size fits;
     vae: decode (and encode) with a VAE added to the artifact under this name, e.g. "taesd" (the
-    tiny autoencoder: `sdrt add-vae`, docs/families.md); None: the checkpoint's own.
+    tiny autoencoder: `sdrt add-vae`, docs/families.md); None: the checkpoint's own;
+    vae_tiling: True: decode images larger than the VAE's training size in overlapping tiles of
+    that size, blended, as diffusers' enable_vae_tiling (bounded decoder memory); a number: tiles
+    of that many pixels a side (a multiple of the VAE's scale factor, 8; diffusers' vae
+    tile_sample_min_size), e.g. 512 for SDXL, whose VAE's own tiles are 1024; `pipe.vae_tiling`
+    switches it later.
     """
     backend = best_backend() if backend is None else backend
     chosen: str = device or backend_module(backend).CAPABILITIES.default_device  # a missing package fails here
@@ -649,7 +680,7 @@ def load(artifact: str | os.PathLike, backend: str | None = None, device: str | 
     options = SessionOptions(device=chosen, num_threads=num_threads, engine_cache=_engine_cache_folder(engine_cache),
                              device_loop=device_loop, cuda_graph=cuda_graph, static_shapes=static_shapes)
     return StableDiffusionPipeline(open_artifact(Path(artifact), verify_checksums=verify_checksums), backend, options,
-                                   precision, memory_check=memory_check, vae=vae)
+                                   precision, memory_check=memory_check, vae=vae, vae_tiling=vae_tiling)
 
 
 def _engine_cache_folder(engine_cache: str | os.PathLike | bool) -> str | None:

@@ -214,6 +214,15 @@ def clip_skip_value(clip_skip, most: int) -> int:
     return int(clip_skip)
 
 
+def vae_tiling_value(vae_tiling, multiple: int) -> bool | int:
+    if isinstance(vae_tiling, bool):
+        return vae_tiling
+    if not isinstance(vae_tiling, numbers.Integral) or int(vae_tiling) < multiple or int(vae_tiling) % multiple:
+        raise RequestError(f"vae_tiling is True, False or a tile size in pixels, a multiple of {multiple} for this "
+                           f"model; got {vae_tiling!r}.")
+    return int(vae_tiling)
+
+
 def latent_image(image, channels: int) -> np.ndarray | None:
     """`image` as latents when it is a 4-D array of `channels` channels (a base model's
     output_type="latent"), else None (a picture)."""

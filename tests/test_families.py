@@ -307,3 +307,28 @@ def test_an_unknown_vae_name_lists_the_ones_there(taesd):
 
     with pytest.raises(ArtifactError, match=r"no VAE named 'taesdxl' \(it has: taesd\)"):
         sdrt.load(taesd[0], vae="taesdxl")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_tiled_decoding_matches_diffusers_enable_tiling(tiny_checkpoint, tiny_artifact, backend):
+    # the tiny VAE's tiles: 64 pixels (32 latent pixels), overlapping by a quarter; a 96x176 image takes 2 x 4
+    pipe = load(tiny_artifact, backend)
+    pipe.vae_tiling = True
+    their_pipe = reference(diffusers.StableDiffusionPipeline, tiny_checkpoint, "euler")
+    their_pipe.vae.enable_tiling()
+    height, width = 96, 176
+    latents = gaussian_noise(10, (1, 4, height // 2, width // 2))
+    common = dict(negative_prompt=NEGATIVE, num_inference_steps=3, guidance_scale=6.0, height=height, width=width)
+    ours = pipe(PROMPT, latents=latents, scheduler="euler", output_type="np", **common).images
+    theirs = run_reference(their_pipe, latents, prompt=PROMPT, **common)
+    assert close(ours, theirs) <= 1 / 255
+    pipe.vae_tiling = False
+    whole = pipe(PROMPT, latents=latents, scheduler="euler", output_type="np", **common).images
+    assert np.abs(whole - ours).mean() > 1 / 255  # the tiles do change the image (diffusers' seams included)
+    # tiles of a chosen size: diffusers' tile_sample_min_size
+    pipe = sdrt.load(tiny_artifact, backend=backend, vae_tiling=40)
+    their_pipe.vae.tile_sample_min_size, their_pipe.vae.tile_latent_min_size = 40, 20
+    ours = pipe(PROMPT, latents=latents, scheduler="euler", output_type="np", **common).images
+    assert close(ours, run_reference(their_pipe, latents, prompt=PROMPT, **common)) <= 1 / 255
+    with pytest.raises(RequestError, match="a tile size in pixels, a multiple of 2 "):
+        sdrt.load(tiny_artifact, vae_tiling=41)

@@ -78,7 +78,7 @@ def load_pipeline(args, artifact=None):
     return sdrt.load(artifact, backend=args.backend, device=args.device, precision=args.precision,
                      num_threads=args.threads, engine_cache=engine_cache, cuda_graph=args.cuda_graph,
                      static_shapes=not args.dynamic_shapes, memory_check=not args.no_memory_check,
-                     vae=getattr(args, "vae", None))
+                     vae=getattr(args, "vae", None), vae_tiling=getattr(args, "vae_tiling", False))
 
 
 def progress_bar(total: int, unit: str):

@@ -28,6 +28,9 @@ def add_parser(commands, name: str, summary: str) -> None:
     generate.add_argument("--vae", default=None, metavar="NAME",
                           help="decode (and encode) with a VAE added to the artifact under NAME, e.g. taesd (the tiny "
                                "autoencoder: `sdrt add-vae`); default: the checkpoint's own")
+    generate.add_argument("--vae-tiling", nargs="?", type=int, const=True, default=False, metavar="PX",
+                          help="decode large images in overlapping tiles of the VAE's training size (diffusers' "
+                               "enable_vae_tiling), or of PX pixels a side: bounded memory for large images")
     generate.add_argument("--refiner", default=None, metavar="ARTIFACT",
                           help="SDXL: finish the image with this refiner artifact from --high-noise-frac of the "
                                "schedule on (diffusers' ensemble of experts)")
