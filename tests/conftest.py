@@ -82,3 +82,19 @@ tiny_sd_turbo_checkpoint, tiny_sd_turbo_artifact = _family_fixtures("tiny-sd-tur
 tiny_sdxl_checkpoint, tiny_sdxl_artifact = _family_fixtures("tiny-sdxl")
 tiny_sdxl_refiner_checkpoint, tiny_sdxl_refiner_artifact = _family_fixtures("tiny-sdxl-refiner")
 tiny_lcm_checkpoint, tiny_lcm_artifact = _family_fixtures("tiny-lcm")
+
+
+@pytest.fixture(scope="session")
+def tiny_taesd_artifact(tiny_artifact, tmp_path_factory) -> tuple[Path, Path]:
+    """The tiny model's artifact with a tiny TAESD added as "taesd" (through the CLI), and the TAESD's folder."""
+    import shutil
+
+    from sdrt.cli import main
+    from sdrt.export.random_model import build_random_vae
+
+    root = tmp_path_factory.mktemp("taesd")
+    artifact = root / "artifact"
+    shutil.copytree(tiny_artifact, artifact)
+    vae = build_random_vae("tiny-taesd", root / "taesd")
+    assert main(["add-vae", str(artifact), str(vae), "--name", "taesd"]) == 0
+    return artifact, vae

@@ -46,8 +46,9 @@ def host_image(host: Path, artifact: Path, out: Path, *, prompt=PROMPT, negative
                seed=7, scheduler=None, size=None, extra=()) -> np.ndarray:
     from PIL import Image
 
-    args = ["generate", "--artifact", str(artifact), "--prompt", prompt, "--negative", negative, "--steps",
-            str(steps), "--guidance", str(guidance), "--seed", str(seed), "-o", str(out), *extra]
+    args = ["generate", "--artifact", str(artifact), "--prompt", prompt, "--steps", str(steps), "--guidance",
+            str(guidance), "--seed", str(seed), "-o", str(out), *(() if negative is None else ("--negative", negative)),
+            *extra]
     if scheduler:
         args += ["--scheduler", scheduler]
     if size:
@@ -174,3 +175,39 @@ def test_refuses_paths_outside_the_artifact_and_bad_requests(host, tmp_path):
     assert "does not exist" in _refusal(host, demo_artifact(), tmp_path, "--tokenizers-extension", "/nonexistent.so")
     assert "--steps takes a number" in _refusal(host, demo_artifact(), tmp_path, "--steps", "many")
     assert "does not exist" in _refusal(host, tmp_path / "nowhere", tmp_path)
+
+
+# The other families on tiny models: (artifact fixture, generate options, the host's extra flags). SDXL runs
+# twice: without a negative prompt (zero embeddings) and with both prompts of both encoders and CLIP skip.
+FAMILIES = {
+    "sdxl-zeros": ("tiny_sdxl_artifact", dict(negative=None, steps=6, guidance=5.0), {}),
+    "sdxl-prompts": ("tiny_sdxl_artifact", dict(steps=6, guidance=5.0),
+                     {"prompt_2": "an oil painting", "negative_prompt_2": "grainy", "clip_skip": 1}),
+    "sdxl-refiner": ("tiny_sdxl_refiner_artifact", dict(steps=5, guidance=5.0), {}),
+    "sd-turbo": ("tiny_sd_turbo_artifact", dict(negative=None, steps=1, guidance=0.0), {}),
+    "lcm": ("tiny_lcm_artifact", dict(negative=None, steps=4, guidance=8.5), {}),
+    "taesd": ("tiny_taesd_artifact", dict(steps=4, guidance=5.0), {"vae": "taesd"}),
+}
+FLAGS = {"prompt_2": "--prompt-2", "negative_prompt_2": "--negative-2", "clip_skip": "--clip-skip", "vae": "--vae"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_families_match_the_python_runtime(host, family, request, tmp_path):
+    import sdrt
+
+    fixture, options, special = FAMILIES[family]
+    artifact = request.getfixturevalue(fixture)
+    artifact = artifact[0] if isinstance(artifact, tuple) else artifact  # (taesd: the artifact and its VAE's folder)
+    extra = [item for name, value in special.items() for item in (FLAGS[name], str(value))]
+    cpp = host_image(host, artifact, tmp_path / "cpp.png", size="64x48", extra=extra, **options)
+    pipe = sdrt.load(artifact, backend="openvino", precision="fp32", vae=special.get("vae"))
+    negative = options.get("negative", NEGATIVE)
+    result = pipe(PROMPT, negative_prompt=negative, num_inference_steps=options["steps"],
+                  guidance_scale=options["guidance"], seed=7, width=64, height=48,
+                  **{k: v for k, v in special.items() if k != "vae"})
+    python = np.asarray(result.images[0])
+    assert cpp.shape == python.shape == (48, 64, 3)
+    difference = np.abs(cpp.astype(np.int16) - python.astype(np.int16))
+    assert difference.mean() <= 1.0, f"mean abs difference {difference.mean():.3f}/255"
+    assert python.std() > 1

@@ -249,30 +249,14 @@ def test_lcm_with_a_guidance_embedding_matches_diffusers(tiny_lcm_checkpoint, ti
         pipe.request(PROMPT, negative_prompt="blurry")
 
 
-@pytest.fixture(scope="module")
-def taesd(tiny_artifact, tmp_path_factory):
-    """The tiny model's artifact with a tiny TAESD added as "taesd" (through the CLI), and the TAESD's folder."""
-    import shutil
-
-    from sdrt.cli import main
-    from sdrt.export.random_model import build_random_vae
-
-    root = tmp_path_factory.mktemp("taesd")
-    artifact = root / "artifact"
-    shutil.copytree(tiny_artifact, artifact)
-    vae = build_random_vae("tiny-taesd", root / "taesd")
-    assert main(["add-vae", str(artifact), str(vae), "--name", "taesd"]) == 0
-    return artifact, vae
-
-
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_tiny_autoencoder_matches_diffusers(taesd, tiny_checkpoint, backend, monkeypatch):
+def test_tiny_autoencoder_matches_diffusers(tiny_taesd_artifact, tiny_checkpoint, backend, monkeypatch):
     from diffusers.pipelines.stable_diffusion import pipeline_stable_diffusion_img2img as img2img_module
     from PIL import Image
 
     from sdrt.runtime.noise import INITIAL_LATENTS_STREAM
 
-    artifact, vae_folder = taesd
+    artifact, vae_folder = tiny_taesd_artifact
     pipe = sdrt.load(artifact, backend=backend, vae="taesd")
     assert pipe._components["vae_decoder"].spec.name == "taesd_decoder"
     tiny = diffusers.AutoencoderTiny.from_pretrained(vae_folder)
@@ -302,11 +286,11 @@ def test_tiny_autoencoder_matches_diffusers(taesd, tiny_checkpoint, backend, mon
     assert close(ours, theirs) <= 1 / 255
 
 
-def test_an_unknown_vae_name_lists_the_ones_there(taesd):
+def test_an_unknown_vae_name_lists_the_ones_there(tiny_taesd_artifact):
     from sdrt.runtime.errors import ArtifactError
 
     with pytest.raises(ArtifactError, match=r"no VAE named 'taesdxl' \(it has: taesd\)"):
-        sdrt.load(taesd[0], vae="taesdxl")
+        sdrt.load(tiny_taesd_artifact[0], vae="taesdxl")
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

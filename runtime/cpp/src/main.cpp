@@ -15,7 +15,12 @@ const char* kUsage = R"(usage:
   sdrt-host noise --seed S --count N [--stream K]
 
 generate options:
-  --negative TEXT         what the image should not show (default: empty)
+  --negative TEXT         what the image should not show (default: none; an SDXL base then guides
+                          against zero embeddings, as diffusers)
+  --prompt-2 TEXT         SDXL: the second text encoder's prompt (default: --prompt)
+  --negative-2 TEXT       SDXL: the second text encoder's negative prompt (default: --negative)
+  --clip-skip N           condition on N layers before the model's own (diffusers' clip_skip; default 0)
+  --vae NAME              decode with a VAE added to the artifact under NAME (e.g. taesd)
   --steps N               denoising steps (default 20; with --plan, the plan's)
   --guidance G            classifier-free guidance scale; <= 1 turns it off (default 7.5)
   --seed S                seed of the portable noise generator (default 0)
@@ -53,7 +58,8 @@ std::map<std::string, std::string> parse_flags(int argc, char** argv, int first)
       {"--artifact", true}, {"--prompt", true}, {"--negative", true}, {"--steps", true}, {"--guidance", true},
       {"--seed", true}, {"--scheduler", true}, {"--size", true}, {"--plan", true}, {"--device", true},
       {"--precision", true}, {"--tokenizers-extension", true}, {"--no-verify", false}, {"-o", true},
-      {"--output", true}, {"--count", true}, {"--stream", true}};
+      {"--output", true}, {"--count", true}, {"--stream", true}, {"--prompt-2", true}, {"--negative-2", true},
+      {"--clip-skip", true}, {"--vae", true}};
   std::map<std::string, std::string> flags;
   for (int i = first; i < argc; ++i) {
     std::string flag = argv[i];
@@ -85,7 +91,11 @@ int generate(const std::map<std::string, std::string>& flags) {
   options.verify_checksums = !flags.count("--no-verify");
   sdrt::Request request;
   request.prompt = get("--prompt", "");
-  request.negative_prompt = get("--negative", "");
+  if (flags.count("--negative")) request.negative_prompt = flags.at("--negative");
+  if (flags.count("--prompt-2")) request.prompt_2 = flags.at("--prompt-2");
+  if (flags.count("--negative-2")) request.negative_prompt_2 = flags.at("--negative-2");
+  request.clip_skip = parse_number<int>("--clip-skip", get("--clip-skip", "0"));
+  options.vae = get("--vae", "");
   request.plan_file = get("--plan", "");
   request.steps = parse_number<int>("--steps", get("--steps", request.plan_file.empty() ? "20" : "0"));
   request.guidance = parse_number<float>("--guidance", get("--guidance", "7.5"));

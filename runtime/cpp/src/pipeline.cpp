@@ -58,6 +58,23 @@ struct Component {
   std::string name;
   fs::path onnx;
   std::vector<std::string> inputs, outputs;  // names in manifest order
+  const json::Value* entry = nullptr;         // its manifest entry
+
+  bool has_input(const std::string& tensor) const {
+    return std::find(inputs.begin(), inputs.end(), tensor) != inputs.end();
+  }
+  bool has_output(const std::string& tensor) const {
+    return std::find(outputs.begin(), outputs.end(), tensor) != outputs.end();
+  }
+};
+
+// One text encoder as the UNet reads it (the manifest's pipeline.text_encoders): which of its
+// stacked layer states at CLIP skip 0, and whether its pooled projection is an added condition.
+struct TextEncoderUse {
+  Component component;
+  int layer = -1;
+  bool pooled = false;
+  ov::InferRequest tokenizer, request;
 };
 
 // One plan step: x' = sum latent_weights[k] x[i-k] + sum output_weights[k] out[i-k] + noise_weight noise.
@@ -111,12 +128,16 @@ struct Pipeline::Impl {
   json::Value manifest;
   HostOptions options;
   ov::Core core;
-  Component text_encoder, unet, vae_decoder;
-  ov::InferRequest tokenizer_request, text_request, unet_request, vae_request;
+  std::vector<TextEncoderUse> encoders;
+  Component unet, vae_decoder;
+  ov::InferRequest unet_request, vae_request;
+  std::vector<std::string> time_id_fields;  // SDXL's size conditions, in the UNet's order
+  bool force_zeros_for_empty_prompt = false, embedded_guidance = false;
   int latent_channels = 4, vae_scale_factor = 8, size_multiple = 8, default_height = 512, default_width = 512;
   float vae_scaling_factor = 0.18215f, vae_shift_factor = 0.0f;
   bool has_shift = false;
   fs::path plans_path;
+  bool extension_added = false;
   std::unique_ptr<json::Value> plans;  // read on first use
   double load_seconds = 0;
   Timings timings;
@@ -145,15 +166,29 @@ struct Pipeline::Impl {
     }
     check_files();
     std::string family = manifest.at("family", "The manifest").string("family");
-    if (family != "sd1" && family != "sd2") {
-      throw Error("This host runs the sd1 and sd2 families; the artifact is \"" + family + "\".");
+    if (family != "sd1" && family != "sd2" && family != "sdxl") {
+      throw Error("This host runs the sd1, sd2 and sdxl families; the artifact is \"" + family + "\".");
     }
     const json::Value& pipeline = manifest.at("pipeline", "The manifest");
     if (const json::Value* guidance = pipeline.find("guidance")) {
-      if (guidance->string("guidance") != "classifier_free") {
-        throw Error("This host runs classifier-free guidance; the artifact's UNet takes guidance as an input (a "
-                    "latent consistency model). Generate with sdrt's Python runtime.");
+      std::string kind = guidance->string("guidance");
+      if (kind != "classifier_free" && kind != "embedded") {
+        throw Error("This host runs classifier-free and embedded guidance; the artifact's is \"" + kind + "\".");
       }
+      embedded_guidance = kind == "embedded";
+    }
+    if (const json::Value* fields = pipeline.find("time_ids")) {
+      for (const auto& field : fields->array("time_ids")) {
+        std::string name = field.string("time_ids");
+        if (name != "original_size" && name != "crops_coords_top_left" && name != "target_size" &&
+            name != "aesthetic_score") {
+          throw Error("This host does not know the time-id field \"" + name + "\"; rebuild it from a newer sdrt.");
+        }
+        time_id_fields.push_back(name);
+      }
+    }
+    if (const json::Value* zeros = pipeline.find("force_zeros_for_empty_prompt")) {
+      force_zeros_for_empty_prompt = zeros->boolean("force_zeros_for_empty_prompt");
     }
     latent_channels = static_cast<int>(pipeline.at("latent_channels", "pipeline").integer("latent_channels"));
     vae_scale_factor = static_cast<int>(pipeline.at("vae_scale_factor", "pipeline").integer("vae_scale_factor"));
@@ -162,23 +197,41 @@ struct Pipeline::Impl {
     const auto& size = pipeline.at("default_size", "pipeline").array("default_size");
     default_height = static_cast<int>(size.at(0).integer("default_size"));
     default_width = static_cast<int>(size.at(1).integer("default_size"));
-    vae_scaling_factor = static_cast<float>(pipeline.at("vae_scaling_factor", "pipeline").number("vae_scaling_factor"));
-    const json::Value* shift = pipeline.find("vae_shift_factor");
-    has_shift = shift != nullptr && !shift->is_null();
-    if (has_shift) vae_shift_factor = static_cast<float>(shift->number("vae_shift_factor"));
     if (const json::Value* plans_file = manifest.find("sampler_plans")) {
       plans_path = inside(root, plans_file->string("sampler_plans"));
     }
 
-    text_encoder = component_for_role("text_encoder");
     unet = component_for_role("denoiser");
-    vae_decoder = component_for_role("vae_decoder");
+    vae_decoder = component_for_role("vae_decoder", options.vae);
+    // the VAE's latent scaling: an added VAE's own (its decoder's entry), else the pipeline's
+    const json::Value& factors = options.vae.empty() ? pipeline : *vae_decoder.entry;
+    const json::Value* scaling = factors.find(options.vae.empty() ? "vae_scaling_factor" : "scaling_factor");
+    vae_scaling_factor = scaling ? static_cast<float>(scaling->number("scaling_factor")) : 1.0f;
+    const json::Value* shift = factors.find(options.vae.empty() ? "vae_shift_factor" : "shift_factor");
+    has_shift = shift != nullptr && !shift->is_null();
+    if (has_shift) vae_shift_factor = static_cast<float>(shift->number("vae_shift_factor"));
 
     auto started = Clock::now();
-    load_tokenizer();
     ov::AnyMap config = {ov::hint::inference_precision(precision()),
                          ov::hint::performance_mode(ov::hint::PerformanceMode::LATENCY)};
-    text_request = compile(text_encoder, config);
+    const json::Value* uses = pipeline.find("text_encoders");
+    if (uses == nullptr) {  // an artifact written before the manifest described its text encoders: SD 1.x / 2.x
+      TextEncoderUse use;
+      use.component = component_for_role("text_encoder");
+      encoders.push_back(std::move(use));
+    } else {
+      for (const auto& entry : uses->array("text_encoders")) {
+        TextEncoderUse use;
+        use.component = component_named(entry.at("component", "text_encoders").string("component"));
+        use.layer = static_cast<int>(entry.at("layer", "text_encoders").integer("layer"));
+        use.pooled = entry.at("pooled", "text_encoders").boolean("pooled");
+        encoders.push_back(std::move(use));
+      }
+    }
+    for (auto& use : encoders) {
+      use.tokenizer = load_tokenizer(use.component.name);
+      use.request = compile(use.component, config);
+    }
     unet_request = compile(unet, config);
     vae_request = compile(vae_decoder, config);
     load_seconds = seconds_since(started);
@@ -220,30 +273,54 @@ struct Pipeline::Impl {
     }
   }
 
-  Component component_for_role(const std::string& role) {
+  Component component_named(const std::string& name) {
     const auto& components = manifest.at("components", "The manifest").object("components");
-    for (const auto& [name, entry] : components) {
-      if (entry.at("role", name).string(name + " role") != role) continue;
-      Component component;
-      component.name = name;
-      component.onnx = inside(root, entry.at("path", name).string(name + " path"));
-      for (const auto& tensor : entry.at("inputs", name).array(name + " inputs")) {
-        component.inputs.push_back(tensor.at("name", name).string(name + " input name"));
-      }
-      for (const auto& tensor : entry.at("outputs", name).array(name + " outputs")) {
-        component.outputs.push_back(tensor.at("name", name).string(name + " output name"));
-      }
-      return component;
+    auto found = components.find(name);
+    if (found == components.end()) throw Error("The artifact at " + root.string() + " has no " + name + " component.");
+    const json::Value& entry = found->second;
+    Component component;
+    component.name = name;
+    component.entry = &entry;
+    component.onnx = inside(root, entry.at("path", name).string(name + " path"));
+    for (const auto& tensor : entry.at("inputs", name).array(name + " inputs")) {
+      component.inputs.push_back(tensor.at("name", name).string(name + " input name"));
     }
-    throw Error("The artifact at " + root.string() + " has no " + role + " component.");
+    for (const auto& tensor : entry.at("outputs", name).array(name + " outputs")) {
+      component.outputs.push_back(tensor.at("name", name).string(name + " output name"));
+    }
+    return component;
   }
 
-  void load_tokenizer() {
+  // The component of `role`; for the VAE's roles, that of the VAE added under the name `vae`
+  // (entries with a "vae" field), or the checkpoint's own when `vae` is empty.
+  Component component_for_role(const std::string& role, const std::string& vae = "") {
+    const auto& components = manifest.at("components", "The manifest").object("components");
+    for (const auto& [name, entry] : components) {
+      const json::Value* added = entry.find("vae");
+      if (entry.at("role", name).string(name + " role") == role && (added ? added->string("vae") : "") == vae) {
+        return component_named(name);
+      }
+    }
+    throw Error("The artifact at " + root.string() + " has no " + role + " component" +
+                (vae.empty() ? std::string() : " of the VAE \"" + vae + "\" (add it with `sdrt add-vae`)") + ".");
+  }
+
+  // A tensor's size along `axis` as the manifest declares it (a fixed number; 0 when symbolic).
+  static std::size_t declared_size(const Component& component, const std::string& tensor, std::size_t axis) {
+    for (const auto& spec : component.entry->at("inputs", component.name).array("inputs")) {
+      if (spec.at("name", component.name).string("name") != tensor) continue;
+      const auto& shape = spec.at("shape", component.name).array("shape");
+      if (axis < shape.size() && shape[axis].is_number()) return static_cast<std::size_t>(shape[axis].integer("shape"));
+    }
+    return 0;
+  }
+
+  ov::InferRequest load_tokenizer(const std::string& component) {
     const json::Value* entry = nullptr;
     for (const auto& tokenizer : manifest.at("tokenizers", "The manifest").array("tokenizers")) {
-      if (tokenizer.at("for_component", "tokenizer").string("for_component") == text_encoder.name) entry = &tokenizer;
+      if (tokenizer.at("for_component", "tokenizer").string("for_component") == component) entry = &tokenizer;
     }
-    if (entry == nullptr) throw Error("The artifact has no tokenizer for " + text_encoder.name + ".");
+    if (entry == nullptr) throw Error("The artifact has no tokenizer for " + component + ".");
     const json::Value* model = entry->at("files", "tokenizer").find("openvino_tokenizer");
     if (model == nullptr) {
       throw Error("The artifact has no OpenVINO tokenizer model (it was exported by an sdrt without C++ host "
@@ -261,9 +338,10 @@ struct Pipeline::Impl {
                   "libopenvino_tokenizers.so with --tokenizers-extension or SDRT_TOKENIZERS_EXTENSION.");
     }
     try {
-      core.add_extension(extension);
-      tokenizer_request = core.compile_model(inside(root, model->string("openvino_tokenizer")).string(), "CPU")
-                              .create_infer_request();
+      if (!extension_added) core.add_extension(extension);
+      extension_added = true;
+      return core.compile_model(inside(root, model->string("openvino_tokenizer")).string(), "CPU")
+          .create_infer_request();
     } catch (const ov::Exception& error) {
       throw Error("OpenVINO could not load the tokenizer model with the extension " + extension +
                   " (its version must match OpenVINO's): " + error.what());
@@ -319,12 +397,93 @@ struct Pipeline::Impl {
     return plan_from_json(*data, sampler + " plan");
   }
 
-  ov::Tensor tokenize(const std::vector<std::string>& texts) {
+  static ov::Tensor tokenize(ov::InferRequest& tokenizer, const std::vector<std::string>& texts) {
     ov::Tensor strings(ov::element::string, ov::Shape{texts.size()});
     std::copy(texts.begin(), texts.end(), strings.data<std::string>());
-    tokenizer_request.set_input_tensor(strings);
-    tokenizer_request.infer();
-    return tokenizer_request.get_tensor("input_ids");
+    tokenizer.set_input_tensor(strings);
+    tokenizer.infer();
+    return tokenizer.get_tensor("input_ids");
+  }
+
+  // The text encoders' states side by side ([batch, tokens, summed width]) and the pooled
+  // projection ([batch, width]; empty when no encoder gives one) of texts[i] for encoder i
+  // (runtime/conditioning.py encode_text: the layer `layer - clip_skip` of each).
+  void encode(const std::vector<std::vector<std::string>>& texts, int clip_skip, std::vector<float>& states,
+              ov::Shape& states_shape, std::vector<float>& pooled) {
+    std::vector<ov::Tensor> hidden;
+    std::size_t width = 0;
+    for (std::size_t e = 0; e < encoders.size(); ++e) {
+      TextEncoderUse& use = encoders[e];
+      use.request.set_tensor(use.component.inputs.at(0), tokenize(use.tokenizer, texts[e]));
+      use.request.infer();
+      ov::Tensor layer;
+      if (use.component.has_output("hidden_states")) {
+        ov::Tensor layers = use.request.get_tensor("hidden_states");  // [layers + 1, batch, tokens, width]
+        ov::Shape shape = layers.get_shape();
+        long index = static_cast<long>(shape[0]) + use.layer - clip_skip;
+        if (clip_skip < 0 || index < 1) {
+          throw Error("clip_skip must be in [0, " + std::to_string(static_cast<long>(shape[0]) - 1 + use.layer) +
+                      "] for this model's " + use.component.name + ".");
+        }
+        std::size_t size = shape[1] * shape[2] * shape[3];
+        layer = float_tensor({shape[1], shape[2], shape[3]});
+        std::copy_n(layers.data<const float>() + static_cast<std::size_t>(index) * size, size, layer.data<float>());
+      } else {
+        if (clip_skip != 0 || use.layer != -1) {
+          throw Error("This artifact's text encoder gives its last layer only; export it again for clip_skip.");
+        }
+        ov::Tensor last = use.request.get_tensor(use.component.outputs.at(0));
+        layer = float_tensor(last.get_shape());
+        last.copy_to(layer);
+      }
+      width += layer.get_shape()[2];
+      hidden.push_back(layer);
+      if (use.pooled) {
+        ov::Tensor projected = use.request.get_tensor("text_embeds");
+        pooled.assign(projected.data<const float>(), projected.data<const float>() + projected.get_size());
+      }
+    }
+    ov::Shape first = hidden.at(0).get_shape();
+    states_shape = {first[0], first[1], width};
+    states.assign(count(states_shape), 0.0f);
+    std::size_t offset = 0;
+    for (const ov::Tensor& part : hidden) {  // concatenated along the last axis
+      std::size_t w = part.get_shape()[2];
+      const float* source = part.data<const float>();
+      for (std::size_t row = 0; row < first[0] * first[1]; ++row) {
+        std::copy_n(source + row * w, w, states.data() + row * width + offset);
+      }
+      offset += w;
+    }
+  }
+
+  // The time ids of the manifest's fields: (height, width) sizes, (0, 0) crops, the aesthetic score.
+  std::vector<float> time_ids(int height, int width, float aesthetic) const {
+    std::vector<float> ids;
+    for (const std::string& field : time_id_fields) {
+      if (field == "crops_coords_top_left") {
+        ids.insert(ids.end(), {0.0f, 0.0f});
+      } else if (field == "aesthetic_score") {
+        ids.push_back(aesthetic);
+      } else {
+        ids.insert(ids.end(), {static_cast<float>(height), static_cast<float>(width)});
+      }
+    }
+    return ids;
+  }
+
+  // A latent consistency model's guidance input (runtime/conditioning.py guidance_embedding).
+  static std::vector<float> guidance_embedding(float guidance, std::size_t width) {
+    float w = (guidance - 1.0f) * 1000.0f;
+    std::size_t half = width / 2;
+    float step = std::log(10000.0f) / static_cast<float>(half - 1);
+    std::vector<float> embedding(width, 0.0f);
+    for (std::size_t i = 0; i < half; ++i) {
+      float angle = w * std::exp(static_cast<float>(i) * -step);
+      embedding[i] = std::sin(angle);
+      embedding[half + i] = std::cos(angle);
+    }
+    return embedding;
   }
 
   Image generate(const Request& request, const StepCallback& on_step) {
@@ -337,21 +496,35 @@ struct Pipeline::Impl {
     if (request.steps < 1 && request.plan_file.empty()) throw Error("steps must be at least 1.");
     if (!std::isfinite(request.guidance) || request.guidance < 0) throw Error("guidance must be a finite number >= 0.");
     Plan plan = find_plan(request);
-    bool guided = request.guidance > 1.0f;  // as diffusers: guidance <= 1 skips the unconditional branch
+    // as diffusers: guidance <= 1 skips the unconditional branch; a latent consistency model has none
+    bool guided = request.guidance > 1.0f && !embedded_guidance;
+    if (embedded_guidance && request.negative_prompt) {
+      throw Error("This latent consistency model takes guidance as an input of its UNet and runs no unconditional "
+                  "half, so a negative prompt would have no effect; leave it out.");
+    }
+    bool zero_negative = guided && force_zeros_for_empty_prompt && !request.negative_prompt;
     timings = Timings{};
     auto started = Clock::now();
 
-    // Text: [negative, prompt] in one batch when guidance is on, as the Python runtime does.
+    // Text: [negative, prompt] in one batch when guidance is on, as the Python runtime does; an
+    // SDXL base without a negative prompt guides against zeros (force_zeros_for_empty_prompt).
     auto tick = Clock::now();
-    std::vector<std::string> texts;
-    if (guided) texts.push_back(request.negative_prompt);
-    texts.push_back(request.prompt);
-    ov::Tensor ids = tokenize(texts);
-    text_request.set_tensor(text_encoder.inputs.at(0), ids);
-    text_request.infer();
-    ov::Tensor hidden = text_request.get_tensor(text_encoder.outputs.at(0));
-    ov::Tensor embeddings(hidden.get_element_type(), hidden.get_shape());
-    hidden.copy_to(embeddings);
+    std::vector<std::vector<std::string>> texts(encoders.size());
+    for (std::size_t e = 0; e < encoders.size(); ++e) {
+      const std::optional<std::string>& second = e == 0 ? std::nullopt : request.negative_prompt_2;
+      if (guided && !zero_negative) texts[e].push_back(second.value_or(request.negative_prompt.value_or("")));
+      texts[e].push_back(e == 0 ? request.prompt : request.prompt_2.value_or(request.prompt));
+    }
+    std::vector<float> states, pooled;
+    ov::Shape states_shape;
+    encode(texts, request.clip_skip, states, states_shape, pooled);
+    if (zero_negative) {  // the unconditional half: zeros before the prompt's
+      states.insert(states.begin(), states.size(), 0.0f);
+      states_shape[0] *= 2;
+      pooled.insert(pooled.begin(), pooled.size(), 0.0f);
+    }
+    ov::Tensor embeddings = float_tensor(states_shape);
+    std::copy(states.begin(), states.end(), embeddings.data<float>());
     timings.text_encoder = seconds_since(tick);
 
     ov::Shape shape{1, static_cast<std::size_t>(latent_channels), static_cast<std::size_t>(height / vae_scale_factor),
@@ -366,9 +539,27 @@ struct Pipeline::Impl {
     std::size_t copies = guided ? 2 : 1;
     ov::Tensor sample = float_tensor({copies, shape[1], shape[2], shape[3]});
     ov::Tensor timestep = float_tensor({copies});
-    unet_request.set_tensor(unet.inputs.at(0), sample);
-    unet_request.set_tensor(unet.inputs.at(1), timestep);
-    unet_request.set_tensor(unet.inputs.at(2), embeddings);
+    unet_request.set_tensor("sample", sample);
+    unet_request.set_tensor("timestep", timestep);
+    unet_request.set_tensor("encoder_hidden_states", embeddings);
+    if (unet.has_input("text_embeds")) {  // SDXL: the pooled projection and the size conditions, per half
+      ov::Tensor text_embeds = float_tensor({copies, pooled.size() / copies});
+      std::copy(pooled.begin(), pooled.end(), text_embeds.data<float>());
+      unet_request.set_tensor("text_embeds", text_embeds);
+      std::vector<float> rows;
+      if (guided) rows = time_ids(height, width, 2.5f);  // the unconditional half: the refiner's negative score
+      std::vector<float> positive = time_ids(height, width, 6.0f);
+      rows.insert(rows.end(), positive.begin(), positive.end());
+      ov::Tensor ids_tensor = float_tensor({copies, positive.size()});
+      std::copy(rows.begin(), rows.end(), ids_tensor.data<float>());
+      unet_request.set_tensor("time_ids", ids_tensor);
+    }
+    if (unet.has_input("timestep_cond")) {
+      std::vector<float> embedding = guidance_embedding(request.guidance, declared_size(unet, "timestep_cond", 1));
+      ov::Tensor cond = float_tensor({1, embedding.size()});
+      std::copy(embedding.begin(), embedding.end(), cond.data<float>());
+      unet_request.set_tensor("timestep_cond", cond);
+    }
 
     std::deque<std::vector<float>> latents_history, outputs_history;
     std::size_t depth = 1;

@@ -1,7 +1,9 @@
 // sdrt C++ host: text-to-image from an sdrt artifact folder with the OpenVINO C++ API.
 //
 // The host reads only the artifact's manifest (sdrt.json) and the files it names: the ONNX
-// text encoder, UNet and VAE decoder, the OpenVINO tokenizer model and the sampler plans.
+// text encoders, UNet and VAE decoder, the OpenVINO tokenizer models and the sampler plans. It
+// runs every family the manifest describes as data (SD 1.x/2.x, SDXL base and refiner, Turbo,
+// latent consistency models; docs/artifact.md section 2b).
 // Seeds drive the same portable generator as sdrt's Python runtime (Philox4x32-10 +
 // Box-Muller), so one seed gives the same image in Python and C++.
 //
@@ -19,6 +21,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -35,11 +38,16 @@ struct HostOptions {
   std::string precision = "f32";    // OpenVINO's INFERENCE_PRECISION_HINT: f32 or bf16
   std::string tokenizers_extension; // libopenvino_tokenizers; empty: $SDRT_TOKENIZERS_EXTENSION, else the build's
   bool verify_checksums = true;     // check every file's SHA-256 against the manifest when opening
+  std::string vae;                  // a VAE added to the artifact under this name (e.g. taesd); empty: its own
 };
 
 struct Request {
   std::string prompt;
-  std::string negative_prompt;
+  // none: no negative prompt (an SDXL base then guides against zero embeddings, as diffusers);
+  // otherwise encoded, "" included
+  std::optional<std::string> negative_prompt;
+  std::optional<std::string> prompt_2, negative_prompt_2;  // SDXL's second text encoder (default: the first's)
+  int clip_skip = 0;           // condition on this many layers before the model's own (diffusers' clip_skip)
   int steps = 20;               // with plan_file: 0 takes the plan's step count
   float guidance = 7.5f;       // classifier-free guidance; <= 1 runs the UNet without the negative branch
   std::uint64_t seed = 0;
