@@ -184,13 +184,9 @@ _CONFIGS["sdxl-refiner"] = {
 TINY_TEXT_ENCODER_2 = {**CLIP_TEXT_COMMON, "hidden_size": 48, "intermediate_size": 64, "num_attention_heads": 4,
                        "num_hidden_layers": 3, "projection_dim": 40, "hidden_act": "gelu"}
 TINY_SDXL_UNET = {
-    "sample_size": 32, "in_channels": 4, "out_channels": 4,
-    "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
-    "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
-    "block_out_channels": [32, 64, 64], "layers_per_block": 1, "transformer_layers_per_block": [1, 1, 2],
-    "attention_head_dim": [2, 4, 8], "cross_attention_dim": 80, "use_linear_projection": True,
-    "addition_embed_type": "text_time", "addition_time_embed_dim": 8,
-    "projection_class_embeddings_input_dim": 40 + 6 * 8, "norm_num_groups": 32,
+    **SDXL_UNET, "sample_size": 32, "block_out_channels": [32, 64, 64], "layers_per_block": 1,
+    "transformer_layers_per_block": [1, 1, 2], "attention_head_dim": [2, 4, 8], "cross_attention_dim": 80,
+    "addition_time_embed_dim": 8, "projection_class_embeddings_input_dim": 40 + 6 * 8,
 }
 TINY_SDXL_VAE = {**_CONFIGS["tiny"]["vae"], "scaling_factor": 0.13025}
 _CONFIGS["tiny-sdxl"] = {

@@ -10,6 +10,7 @@ import pytest
 import sdrt
 from sdrt.runtime.errors import RequestError
 from sdrt.runtime.noise import gaussian_noise
+from test_pipeline_parity import count_denoiser_batches
 
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
@@ -220,15 +221,7 @@ def test_lcm_with_a_guidance_embedding_matches_diffusers(tiny_lcm_checkpoint, ti
     assert pipe.default_sampler == "lcm" and pipe.embedded_guidance
     theirs_pipe = reference(diffusers.LatentConsistencyModelPipeline, tiny_lcm_checkpoint)
     latents = gaussian_noise(7, (1, 4, HEIGHT // 2, WIDTH // 2))
-    calls = []
-    session = pipe.sessions["denoiser"]
-
-    class Counting:
-        def run(self, feeds):
-            calls.append(feeds["sample"].shape[0])
-            return session.run(feeds)
-
-    pipe.sessions["denoiser"] = Counting()
+    calls = count_denoiser_batches(pipe)
     images, errors = {}, []
     # One step: LCM's later steps add fresh noise, drawn by diffusers from torch's generator and by sdrt from its
     # own (the lcm plan's steps, noise included, are checked against LCMScheduler in tests/test_samplers.py).

@@ -48,9 +48,8 @@ def test_images_match_diffusers(tiny_artifact, diffusers_pipe, backend, sampler)
     assert theirs.std() > 0.01
 
 
-def test_guidance_at_most_one_skips_the_unconditional_branch(tiny_artifact, diffusers_pipe):
-    pipe = sdrt.load(tiny_artifact)
-    latents = gaussian_noise(4, (1, 4, 32, 32))
+def count_denoiser_batches(pipe) -> list[int]:
+    """The batch size of every denoiser call the pipeline makes from now on."""
     calls = []
     session = pipe.sessions["denoiser"]
 
@@ -60,6 +59,13 @@ def test_guidance_at_most_one_skips_the_unconditional_branch(tiny_artifact, diff
             return session.run(feeds)
 
     pipe.sessions["denoiser"] = Counting()
+    return calls
+
+
+def test_guidance_at_most_one_skips_the_unconditional_branch(tiny_artifact, diffusers_pipe):
+    pipe = sdrt.load(tiny_artifact)
+    latents = gaussian_noise(4, (1, 4, 32, 32))
+    calls = count_denoiser_batches(pipe)
     ours = pipe(PROMPT, latents=latents, num_inference_steps=4, guidance_scale=1.0, scheduler="euler",
                 output_type="np").images
     assert set(calls) == {1}
