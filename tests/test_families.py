@@ -279,11 +279,14 @@ def test_tiny_autoencoder_matches_diffusers(tiny_taesd_artifact, tiny_checkpoint
     assert close(ours, theirs) <= 1 / 255
 
 
-def test_an_unknown_vae_name_lists_the_ones_there(tiny_taesd_artifact):
+def test_an_unknown_vae_name_lists_the_ones_there(tiny_taesd_artifact, capsys):
+    from sdrt.cli import main
     from sdrt.runtime.errors import ArtifactError
 
     with pytest.raises(ArtifactError, match=r"no VAE named 'taesdxl' \(it has: taesd\)"):
         sdrt.load(tiny_taesd_artifact[0], vae="taesdxl")
+    assert main(["info", str(tiny_taesd_artifact[0])]) == 0
+    assert "taesd_decoder  [vae_decoder, the VAE 'taesd' (--vae taesd)]" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -56,7 +56,8 @@ def _component(manifest: dict, name: str, entry: dict) -> None:
     size = sum(manifest["files"][f]["size"] for f in entry["files"])
     diff = entry.get("max_abs_diff_vs_torch")
     diff_text = "n/a" if diff is None else f"{diff:.1e}"
-    print(f"\n{name}  [{entry['role']}]  {entry['precision']}  opset {entry['opset']}  "
+    role = entry["role"] + (f", the VAE {entry['vae']!r} (--vae {entry['vae']})" if entry.get("vae") else "")
+    print(f"\n{name}  [{role}]  {entry['precision']}  opset {entry['opset']}  "
           f"{entry.get('parameters', 0) / 1e6:.1f}M params  {size / 2**20:.1f} MiB  max|onnx-torch| {diff_text}")
     for kind in ("inputs", "outputs"):
         for tensor in entry[kind]:
