@@ -16,10 +16,9 @@ import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from ..runtime.conditioning import TIME_ID_FIELDS
 from .source import ExportError
 
-# How many numbers each named time-id field holds (diffusers' _get_add_time_ids).
-TIME_ID_FIELDS = {"original_size": 2, "crops_coords_top_left": 2, "target_size": 2, "aesthetic_score": 1}
 SDXL_TIME_IDS = ("original_size", "crops_coords_top_left", "target_size")
 REFINER_TIME_IDS = ("original_size", "crops_coords_top_left", "aesthetic_score")
 

@@ -52,6 +52,17 @@ def text_encoder_uses(artifact: Artifact) -> list[TextEncoderUse]:
     return uses
 
 
+def time_id_fields(artifact: Artifact) -> list[str]:
+    """The manifest's time-id fields (SDXL's size conditions), in the UNet's order; refuses a
+    field this sdrt does not know."""
+    fields = list(artifact.pipeline.get("time_ids", []))
+    unknown = [name for name in fields if name not in TIME_ID_FIELDS]
+    if unknown:
+        raise ArtifactError(f"The artifact's UNet takes time ids this sdrt does not know ({', '.join(unknown)}); "
+                            "upgrade sdrt (pip install -U sdrt) to run it.")
+    return fields
+
+
 def time_id_values(fields: list[str], values: Mapping[str, tuple[float, ...]]) -> tuple[float, ...]:
     """The time ids of `fields` (the manifest's order) from a request's values by field name."""
     return tuple(float(v) for name in fields for v in values[name])
@@ -72,12 +83,8 @@ def encode_text(uses: list[TextEncoderUse], sessions: Mapping[str, Session], pro
             ids, weights = use.tokenizer.weighted(parts, max_chunks, min_chunks=chunks)
         prompts, _, length = ids.shape
         outputs = sessions[use.component].run({TEXT_ENCODER.input_ids: ids.reshape(-1, length)})
-        if use.has_layers:
-            layers = outputs[TEXT_ENCODER.layers]
-            if clip_skip >= layers.shape[0] + use.layer:
-                raise RequestError(f"clip_skip must be less than {layers.shape[0] + use.layer} for this model's "
-                                   f"{use.component} ({layers.shape[0] - 1} layers), got {clip_skip}.")
-            hidden = layers[use.layer - clip_skip]
+        if use.has_layers:  # (the request checked clip_skip against every encoder's depth)
+            hidden = outputs[TEXT_ENCODER.layers][use.layer - clip_skip]
         elif clip_skip or use.layer != -1:
             raise RequestError("This artifact's text encoder gives its last layer only, so clip_skip needs the "
                                "artifact exported again with this sdrt.")

@@ -22,7 +22,7 @@ from .artifact import Artifact, open_artifact
 from .backends import Capabilities, DenoiserSession, SessionOptions, backend_module, best_backend
 from .backends.shape_profiles import default_profile
 from .cache import default_engine_cache
-from .conditioning import conditioning, guidance_embedding, text_encoder_uses, time_id_values
+from .conditioning import conditioning, guidance_embedding, text_encoder_uses, time_id_fields, time_id_values
 from .errors import ArtifactError, RequestError
 from .image_input import image_size, nearest_resize, outpaint_canvas, soft_mask, to_mask, to_pixels
 from .loop import run_plan
@@ -157,7 +157,7 @@ class StableDiffusionPipeline(RunTimeWeights):
         self.max_prompt_chunks = max(1, longest // max_length)
         # SDXL's added conditions: the time-id fields in the UNet's order, and whether a missing
         # negative prompt means zero embeddings (diffusers' force_zeros_for_empty_prompt)
-        self.time_id_fields: list[str] = list(artifact.pipeline.get("time_ids", []))
+        self.time_id_fields = time_id_fields(artifact)
         self.force_zeros_for_empty_prompt = bool(artifact.pipeline.get("force_zeros_for_empty_prompt", False))
         # a latent consistency model takes guidance as a UNet input: no unconditional half
         self.embedded_guidance = artifact.pipeline.get("guidance") == "embedded"

@@ -165,7 +165,7 @@ def test_turbo_one_step_without_guidance_matches_diffusers(tiny_sd_turbo_checkpo
         assert close(result.images, theirs) <= 1 / 255
 
 
-def test_family_arguments_are_refused_where_they_do_not_apply(tiny_artifact, tiny_sdxl_artifact):
+def test_family_arguments_are_refused_where_they_do_not_apply(tiny_artifact, tiny_sdxl_artifact, tmp_path):
     sd1 = sdrt.load(tiny_artifact)
     with pytest.raises(RequestError, match="second text encoder"):
         sd1.request(PROMPT, prompt_2="x")
@@ -182,6 +182,19 @@ def test_family_arguments_are_refused_where_they_do_not_apply(tiny_artifact, tin
         sdxl.request(PROMPT, image=np.zeros((1, 4, 24, 32), np.float32), height=64)
     with pytest.raises(RequestError, match="taken as latents"):
         sdxl.request(PROMPT, image=np.zeros((1, 3, 24, 32), np.float32))
+    # a manifest naming a time-id field this sdrt does not know is refused at load, not misread
+    import json
+    import shutil
+
+    from sdrt.runtime.errors import ArtifactError
+
+    copy = tmp_path / "newer"
+    shutil.copytree(tiny_sdxl_artifact, copy)
+    manifest = json.loads((copy / "sdrt.json").read_text())
+    manifest["pipeline"]["time_ids"].append("camera_angle")
+    (copy / "sdrt.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match=r"time ids this sdrt does not know \(camera_angle\)"):
+        sdrt.load(copy)
 
 
 def test_every_network_matches_pytorch_at_export(tiny_sdxl_artifact, tiny_sdxl_refiner_artifact, tiny_sd2_artifact):
