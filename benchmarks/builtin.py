@@ -1,6 +1,7 @@
 """Built-in benchmark models: random weights at a named family's real sizes, built and exported
 once into a cache folder, so that anyone can benchmark without downloading weights (latency
-does not depend on weight values). `demo` is the shipped demo model and needs no building."""
+does not depend on weight values), with a random tiny autoencoder added as `taesd` where the
+family has one. `demo` is the shipped demo model and needs no building."""
 from __future__ import annotations
 
 import shutil
@@ -8,9 +9,13 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..runtime.artifact import open_artifact
 from .harness import BenchmarkError
 
-BUILTIN_MODELS = ("sd15", "tiny", "demo")
+# name -> the tiny autoencoder added to it as "taesd" (models/configs.py: random weights of
+# TAESD's sizes, for `--vae taesd`), or None
+BUILTIN_MODELS = {"sd15": "taesd", "sd2": "taesd", "sd-turbo": "taesd", "sdxl": "taesdxl", "sdxl-turbo": "taesdxl",
+                  "lcm": "taesd", "tiny": None, "tiny-sdxl": None, "demo": None}
 
 
 @dataclass(frozen=True)
@@ -32,11 +37,16 @@ def builtin_model(name: str, cache: Path, progress=None) -> BenchModel:
         return BenchModel("demo", Path(demo_checkpoint()), Path(demo_artifact()))
     root = Path(cache) / "bench" / name
     checkpoint, artifact = root / "checkpoint", root / "artifact"
-    if (checkpoint / "model_index.json").is_file() and (artifact / "sdrt.json").is_file():
+    tiny_vae = BUILTIN_MODELS[name]
+    # each step is written whole or not at all (staging folders; the manifest last), so a run
+    # cut short goes on from the first step not done
+    if (checkpoint / "model_index.json").is_file() and (artifact / "sdrt.json").is_file() \
+            and (tiny_vae is None or "taesd" in open_artifact(artifact, verify_checksums=False).vaes):
         return BenchModel(name, checkpoint, artifact)
     try:
         from ..export.exporter import export_checkpoint
-        from ..export.random_model import build_random_pipeline
+        from ..export.random_model import build_random_pipeline, build_random_vae
+        from ..export.vae import add_vae
     except ImportError as error:
         raise BenchmarkError(f"Building the {name} benchmark model needs the export extra once "
                              f"(pip install 'sdrt[export]'); it is then cached in {root}.") from error
@@ -50,5 +60,14 @@ def builtin_model(name: str, cache: Path, progress=None) -> BenchModel:
             staging.rename(checkpoint)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-    export_checkpoint(checkpoint, artifact, overwrite=True, progress=progress)
+    if not (artifact / "sdrt.json").is_file():
+        export_checkpoint(checkpoint, artifact, overwrite=True, progress=progress)
+    if tiny_vae is not None:
+        if progress is not None:
+            progress(0, 1, f"adding a random {tiny_vae} as taesd")
+        vae = build_random_vae(tiny_vae, root / f".taesd.partial-{uuid.uuid4().hex[:8]}", seed=0)
+        try:
+            add_vae(artifact, vae, "taesd", overwrite=True)
+        finally:
+            shutil.rmtree(vae, ignore_errors=True)
     return BenchModel(name, checkpoint, artifact)

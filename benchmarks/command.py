@@ -30,9 +30,9 @@ def add_parser(commands) -> None:
                     "pip install 'sdrt[bench]'.")
     source = bench.add_mutually_exclusive_group()
     source.add_argument("--model", default=None, choices=list(BUILTIN_MODELS),
-                        help="a built-in model: random weights at real sizes, built and exported once into the "
-                             "cache (sd15 needs the export extra the first time); demo is the embedded demo model "
-                             "(default when no --artifact)")
+                        help="a built-in model: a family's random weights at its real sizes, built and exported "
+                             "once into the cache with a random TAESD-size VAE added as taesd (needs the export "
+                             "extra the first time); demo is the embedded demo model (default when no --artifact)")
     source.add_argument("--artifact", type=Path, default=None, help="an artifact folder to measure")
     bench.add_argument("--checkpoint", type=Path, default=None,
                        help="with --artifact and --compare: the diffusers folder it was exported from")
@@ -41,6 +41,9 @@ def add_parser(commands) -> None:
     bench.add_argument("--precisions", default="fp32",
                        help="comma-separated: fp32, bf16, or variants the artifact stores (fp16, int8-weights, "
                             "int4-weights; made by `sdrt quantize`) (default fp32)")
+    bench.add_argument("--vae", default="default",
+                       help="comma-separated VAEs to measure each sdrt engine with: default (the artifact's own) "
+                            "or the name of an added one, e.g. taesd (default: default)")
     bench.add_argument("--compare", default=None, help=f"comma-separated peers: {', '.join(PEERS)}")
     bench.add_argument("--peer-python", default=None,
                        help="the Python interpreter of the peer environment (default: the one `python -m "
@@ -83,6 +86,7 @@ def run(args, argv: list[str], console=None) -> int:
     console = console or Console(stderr=True, width=None if sys.stderr.isatty() else 200)
     backends = _names(args.backends, available_backends(), BACKENDS, "backend")
     precisions = _names(args.precisions, None, PRECISION_NAMES, "precision")
+    vaes = [None if name == "default" else name for name in _names(args.vae, ["default"], None, "VAE")]
     peers = parse_compare(args.compare)
     cache = args.cache or user_cache()
 
@@ -98,6 +102,11 @@ def run(args, argv: list[str], console=None) -> int:
                               progress=lambda done, total, what: console.print(f"preparing the model: {what}"))
         model_name, artifact, checkpoint = model.name, model.artifact, model.checkpoint
     manifest = open_artifact(artifact, verify_checksums=False)
+    unknown_vaes = [vae for vae in vaes if vae is not None and vae not in manifest.vaes]
+    if unknown_vaes:
+        added = ", ".join(manifest.vaes) or "none"
+        raise BenchmarkError(f"The artifact {artifact} has no VAE named {', '.join(unknown_vaes)} (added VAEs: "
+                             f"{added}); add one with sdrt add-vae.")
     pipeline = manifest.pipeline
     height, width = _size(args.size, tuple(pipeline["default_size"]),
                           pipeline.get("size_multiple", pipeline["vae_scale_factor"]))
@@ -127,10 +136,10 @@ def run(args, argv: list[str], console=None) -> int:
         offered = backend_module(backend).CAPABILITIES.precisions
         for precision in precisions:
             why = _why_not(manifest, backend, offered, precision)
-            if why is None:
-                ours.append(sdrt_engine(artifact, backend, precision, args.threads))
-            else:
+            if why is not None:
                 missing[f"sdrt/{backend}/{precision}"] = why
+                continue
+            ours.extend(sdrt_engine(artifact, backend, precision, args.threads, vae) for vae in vaes)
     theirs, peers_missing = peer_engines(peers, precisions, peer_python(args.peer_python), checkpoint,
                                          latents_path, cache / "bench" / model_name / "peers", args.threads,
                                          calibration=_int8_calibration(manifest))
@@ -211,8 +220,9 @@ def _int8_calibration(artifact) -> dict | None:
 
 
 def _names(text: str | None, default: list[str] | None, known, what: str) -> list[str]:
+    """The comma-separated names in `text` (else `default`), each one of `known` unless that is None."""
     names = [n.strip() for n in text.split(",") if n.strip()] if text else list(default or [])
-    unknown = [n for n in names if n not in known]
+    unknown = [n for n in names if known is not None and n not in known]
     if unknown:
         raise BenchmarkError(f"Unknown {what}(s) {', '.join(unknown)}; choose from: {', '.join(known)}.")
     if not names:

@@ -274,12 +274,14 @@ class Worker:
                 self.process.wait()
 
 
-def sdrt_engine(artifact: Path, backend: str, precision: str, threads: int | None = None) -> Engine:
-    """sdrt on `backend` at `precision` in its default configuration, in a worker run by this
-    interpreter."""
-    return Engine(name=f"sdrt/{backend}/{precision}", kind="sdrt", precision=precision,
+def sdrt_engine(artifact: Path, backend: str, precision: str, threads: int | None = None,
+                vae: str | None = None) -> Engine:
+    """sdrt on `backend` at `precision` in its default configuration (with the added VAE `vae`
+    when named), in a worker run by this interpreter."""
+    return Engine(name=f"sdrt/{backend}/{precision}" + (f"+{vae}" if vae else ""), kind="sdrt", precision=precision,
                   command=(sys.executable, "-m", "sdrt.benchmarks.sdrt_worker"),
-                  spec={"artifact": str(artifact), "backend": backend, "precision": precision, "threads": threads})
+                  spec={"artifact": str(artifact), "backend": backend, "precision": precision, "threads": threads,
+                        "vae": vae})
 
 
 def folder_size(path: Path) -> int:

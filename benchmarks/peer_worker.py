@@ -42,19 +42,44 @@ SCHEDULERS = {
 }
 
 
+# the checkpoint's diffusers pipeline class (model_index.json) -> its optimum-intel and optimum
+# ONNX Runtime counterparts
+PIPELINES = {
+    "StableDiffusionPipeline": ("OVStableDiffusionPipeline", "ORTStableDiffusionPipeline"),
+    "StableDiffusionXLPipeline": ("OVStableDiffusionXLPipeline", "ORTStableDiffusionXLPipeline"),
+    "LatentConsistencyModelPipeline": ("OVLatentConsistencyModelPipeline", "ORTLatentConsistencyModelPipeline"),
+}
+
+
+def pipeline_class(spec: dict, peer: str):
+    """The peer's text-to-image pipeline class for the checkpoint's family."""
+    kind = json.loads((Path(spec["checkpoint"]) / "model_index.json").read_text())["_class_name"]
+    if kind not in PIPELINES:
+        raise SystemExit(f"the peers run {', '.join(PIPELINES)} checkpoints; this one is a {kind}")
+    if peer == "diffusers":
+        import diffusers
+
+        return getattr(diffusers, kind)
+    if peer == "optimum-intel":
+        import optimum.intel
+
+        return getattr(optimum.intel, PIPELINES[kind][0])
+    import optimum.onnxruntime
+
+    return getattr(optimum.onnxruntime, PIPELINES[kind][1])
+
+
 def load_diffusers(spec: dict, settings: dict):
-    import diffusers
     import torch
 
     dtype = torch.float32 if spec["precision"] == "fp32" else torch.bfloat16
-    pipe = diffusers.StableDiffusionPipeline.from_pretrained(spec["checkpoint"], torch_dtype=dtype,
-                                                             safety_checker=None, requires_safety_checker=False)
+    model_index = json.loads((Path(spec["checkpoint"]) / "model_index.json").read_text())
+    unchecked = {"safety_checker": None, "requires_safety_checker": False} if "safety_checker" in model_index else {}
+    pipe = pipeline_class(spec, "diffusers").from_pretrained(spec["checkpoint"], torch_dtype=dtype, **unchecked)
     return pipe, {}, {"total": _size(spec["checkpoint"])}
 
 
 def load_optimum_intel(spec: dict, settings: dict):
-    from optimum.intel import OVStableDiffusionPipeline
-
     converted = (convert_optimum_intel_int8 if spec["precision"] == "int8" else convert_optimum_intel)(spec)
     # Its fastest configuration: static shapes for the request, compiled once. fp32 must be
     # asked for: OpenVINO runs bf16 by default on CPUs that have it. int8 computes what it does
@@ -64,51 +89,62 @@ def load_optimum_intel(spec: dict, settings: dict):
     config = {"INFERENCE_PRECISION_HINT": hints[precision]}
     if spec.get("threads"):
         config["INFERENCE_NUM_THREADS"] = str(spec["threads"])
-    pipe = OVStableDiffusionPipeline.from_pretrained(converted, compile=False, ov_config=config)
+    pipe = pipeline_class(spec, "optimum-intel").from_pretrained(converted, compile=False, ov_config=config)
     pipe.reshape(batch_size=1, height=settings["height"], width=settings["width"], num_images_per_prompt=1)
+    if settings["guidance"] <= 1:  # its reshape assumes guidance (UNet batch 2); without, the UNet runs batch 1
+        _one_batch(pipe.unet.model)
     pipe.compile()
-    skipped = {"unet_batch1_s": "its UNet is compiled for batch 2 (guidance) only"}
+    batch = pipe.unet.model.input("sample").get_partial_shape()[0].get_length()
+    skipped = {f"unet_batch{3 - batch}_s": f"its UNet is compiled for batch {batch} only"}
     return pipe, skipped, {"total": _size(converted)}
+
+
+def _one_batch(model) -> None:
+    """Reshape an OpenVINO model's inputs of batch 2 to batch 1 (the other axes as they are)."""
+    shapes = {}
+    for port in model.inputs:
+        shape = port.get_partial_shape()
+        if shape.rank.get_length() > 0 and shape[0].is_static and shape[0].get_length() == 2:
+            shape[0] = 1
+        shapes[port] = shape
+    model.reshape(shapes)
 
 
 def load_optimum_onnx(spec: dict, settings: dict):
     import onnxruntime
-    from optimum.onnxruntime import ORTStableDiffusionPipeline
 
     converted = convert_optimum_onnx(spec)
     options = onnxruntime.SessionOptions()
     if spec.get("threads"):
         options.intra_op_num_threads = spec["threads"]
-    pipe = ORTStableDiffusionPipeline.from_pretrained(converted, provider="CPUExecutionProvider",
+    pipe = pipeline_class(spec, "optimum-onnx").from_pretrained(converted, provider="CPUExecutionProvider",
                                                       session_options=options)
     return pipe, {}, {"total": _size(converted)}
 
 
 def convert_optimum_intel(spec: dict) -> Path:
-    from optimum.intel import OVStableDiffusionPipeline
-
-    return _converted(spec, "openvino", lambda: OVStableDiffusionPipeline.from_pretrained(
-        spec["checkpoint"], export=True, compile=False))
+    """optimum-intel's conversion with the weights as they are: by default it would store the
+    weights of a network of more than 1e9 parameters (SDXL's UNet) in int8."""
+    return _converted(spec, "openvino", lambda: pipeline_class(spec, "optimum-intel").from_pretrained(
+        spec["checkpoint"], export=True, compile=False, load_in_8bit=False))
 
 
 def convert_optimum_intel_int8(spec: dict) -> Path:
     """optimum-intel's hybrid quantization (UNet int8 weights and activations, calibrated on its
     own pipeline runs of the given prompts; the other models int8 weights) of its conversion,
     with as many calibration samples as sdrt's int8 UNet was calibrated on."""
-    from optimum.intel import OVStableDiffusionPipeline, OVWeightQuantizationConfig
+    from optimum.intel import OVWeightQuantizationConfig
 
     source = convert_optimum_intel(spec)
     calibration = spec["calibration"]
     config = OVWeightQuantizationConfig(bits=8, quant_method="hybrid", dataset=list(calibration["prompts"]),
                                         num_samples=calibration["samples"])
-    return _converted(spec, "openvino-int8", lambda: OVStableDiffusionPipeline.from_pretrained(
+    return _converted(spec, "openvino-int8", lambda: pipeline_class(spec, "optimum-intel").from_pretrained(
         source, quantization_config=config, compile=False, ov_config={"INFERENCE_PRECISION_HINT": "f32"}))
 
 
 def convert_optimum_onnx(spec: dict) -> Path:
-    from optimum.onnxruntime import ORTStableDiffusionPipeline
-
-    return _converted(spec, "onnx", lambda: ORTStableDiffusionPipeline.from_pretrained(
+    return _converted(spec, "onnx", lambda: pipeline_class(spec, "optimum-onnx").from_pretrained(
         spec["checkpoint"], export=True))
 
 
@@ -225,19 +261,23 @@ class PeerEngine:
         dtype = pipe.unet.dtype if self.spec["peer"] == "diffusers" else torch.float32
         generator = torch.Generator().manual_seed(0)
         factor = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
-        latent = (4, settings["height"] // factor, settings["width"] // factor)
-        ids = pipe.tokenizer([settings["negative_prompt"], settings["prompt"]], padding="max_length",
-                             max_length=pipe.tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids
-        hidden = torch.cat([pipe.text_encoder(ids[:1])[0], pipe.text_encoder(ids[1:])[0]])
+        latent = (pipe.unet.config.in_channels, settings["height"] // factor, settings["width"] // factor)
+        encoders = [(getattr(pipe, f"text_encoder{n}"), getattr(pipe, f"tokenizer{n}")) for n in ("", "_2")
+                    if getattr(pipe, f"text_encoder{n}", None) is not None]
+        ids = [tokenizer([settings["negative_prompt"], settings["prompt"]], padding="max_length",
+                         max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids
+               for _, tokenizer in encoders]
+
+        def unet(batch: int):
+            inputs = unet_inputs(pipe.unet.config, batch, latent, dtype, generator)
+            return lambda: pipe.unet(**inputs, return_dict=False)
+
         calls = {
             # As their pipelines do: the prompt and the negative prompt in two calls of batch 1.
-            "text_encoder_s": lambda: (pipe.text_encoder(ids[1:]), pipe.text_encoder(ids[:1])),
-            "unet_batch1_s": lambda: pipe.unet(torch.randn(1, *latent, generator=generator, dtype=dtype),
-                                               torch.tensor(500), encoder_hidden_states=hidden[:1],
-                                               return_dict=False),
-            "unet_batch2_s": lambda: pipe.unet(torch.randn(2, *latent, generator=generator, dtype=dtype),
-                                               torch.tensor(500), encoder_hidden_states=hidden, return_dict=False),
-            "vae_decoder_s": lambda: pipe.vae.decode(torch.randn(1, *latent, generator=generator, dtype=dtype),
+            "text_encoder_s": lambda: [(encoder(i[1:]), encoder(i[:1])) for (encoder, _), i in zip(encoders, ids)],
+            "unet_batch1_s": unet(1),
+            "unet_batch2_s": unet(2),
+            "vae_decoder_s": lambda: pipe.vae.decode(torch.randn(1, 4, *latent[1:], generator=generator, dtype=dtype),
                                                      return_dict=False),
         }
         calls["vae_encoder_s"] = lambda: pipe.vae.encode(
@@ -248,6 +288,25 @@ class PeerEngine:
         self.memory.take()
         figures["lifetime_peak_rss_bytes"] = self.memory.lifetime  # not getrusage: see sdrt_worker
         return figures
+
+
+def unet_inputs(config, batch: int, latent: tuple[int, ...], dtype, generator) -> dict:
+    """Random inputs of a UNet of this config at `batch`: its added conditions (SDXL's pooled text
+    and time ids, an LCM's guidance embedding) as its pipeline passes them."""
+    import torch
+
+    def noise(*shape):
+        return torch.randn(*shape, generator=generator, dtype=dtype)
+
+    inputs = {"sample": noise(batch, *latent), "timestep": torch.tensor(500),
+              "encoder_hidden_states": noise(batch, 77, config.cross_attention_dim)}
+    if config.addition_embed_type == "text_time":  # six time ids in SDXL's text-to-image pipeline
+        pooled = config.projection_class_embeddings_input_dim - 6 * config.addition_time_embed_dim
+        inputs["added_cond_kwargs"] = {"text_embeds": noise(batch, pooled),
+                                       "time_ids": torch.full((batch, 6), 512.0, dtype=dtype)}
+    if getattr(config, "time_cond_proj_dim", None):
+        inputs["timestep_cond"] = noise(batch, config.time_cond_proj_dim)
+    return inputs
 
 
 def main() -> int:

@@ -38,12 +38,21 @@ class SdrtEngine:
         started = time.perf_counter()
         # Checksums are not verified: none of the peers verifies its files at load either.
         self.pipeline = load(self.spec["artifact"], self.spec["backend"], precision=self.spec["precision"],
-                             num_threads=self.spec.get("threads"), verify_checksums=False)
+                             num_threads=self.spec.get("threads"), verify_checksums=False,
+                             vae=self.spec.get("vae"))
         return {"load_s": time.perf_counter() - started, "peak_rss_bytes": self.memory.take(),
-                "sizes": self._sizes(), "networks": dict(self.pipeline.precisions)}
+                "sizes": self._sizes(), "networks": self._networks()}
+
+    def _networks(self) -> dict:
+        """The form each network of text-to-image is in (not the VAEs the engine did not choose)."""
+        pipeline = self.pipeline
+        names = [use.component for use in pipeline.text_encoders] + [
+            pipeline.artifact.component_for_role("denoiser").spec.name,
+            pipeline.artifact.component_for_role("vae_decoder", self.spec.get("vae")).spec.name]
+        return {name: pipeline.precisions[name] for name in names}
 
     def _sizes(self) -> dict:
-        return engine_sizes(self.pipeline.artifact, self.pipeline.precisions)
+        return engine_sizes(self.pipeline.artifact, self.pipeline.precisions, self.spec.get("vae"))
 
     def image(self, save: str | None = None) -> dict:
         settings = self.settings
@@ -62,10 +71,10 @@ class SdrtEngine:
                 "peak_rss_bytes": self.memory.take(), "finished": time.time()}
 
     def components(self, repeats: int, warmup: int) -> dict:
-        """Each network alone on the request's shapes: the text encoder as guidance calls it,
-        the UNet at batch 1 and 2, the VAE decoder and (when the artifact has one) encoder."""
+        """Each network alone on the request's shapes: the text encoders as guidance calls them
+        (the negative and the positive prompt), the UNet at batch 1 and 2, the VAE decoder and
+        (when the artifact has one) encoder."""
         from sdrt.models.components import TEXT_ENCODER, random_feeds
-        from sdrt.runtime.backends import backend_module
 
         from .stats import timed
 
@@ -74,46 +83,50 @@ class SdrtEngine:
         height, width = settings["height"], settings["width"]
         sizes = {"latent_height": height // factor, "latent_width": width // factor, "height": height,
                  "width": width, "sequence": 77}
-        artifact, sessions = pipeline.artifact, pipeline.sessions
+        artifact, sessions, vae = pipeline.artifact, pipeline.sessions, self.spec.get("vae")
 
         def feeds(role: str, batch: int) -> dict:
-            return random_feeds(artifact.component_for_role(role).spec, {**sizes, "batch": batch})
+            return random_feeds(artifact.component_for_role(role, vae if role.startswith("vae") else None).spec,
+                                {**sizes, "batch": batch})
 
+        encoders = [(sessions[use.component],
+                     {TEXT_ENCODER.input_ids: use.tokenizer([settings["negative_prompt"], settings["prompt"]])})
+                    for use in pipeline.text_encoders]
         calls = {
-            "text_encoder_s": (sessions["text_encoder"],
-                               {TEXT_ENCODER.input_ids: pipeline.tokenizer([settings["negative_prompt"],
-                                                                            settings["prompt"]])}),
-            "unet_batch1_s": (sessions["denoiser"], feeds("denoiser", 1)),
-            "unet_batch2_s": (sessions["denoiser"], feeds("denoiser", 2)),
-            "vae_decoder_s": (sessions["vae_decoder"], feeds("vae_decoder", 1)),
+            "text_encoder_s": lambda: [session.run(inputs) for session, inputs in encoders],
+            "unet_batch1_s": _call(sessions["denoiser"], feeds("denoiser", 1)),
+            "unet_batch2_s": _call(sessions["denoiser"], feeds("denoiser", 2)),
+            "vae_decoder_s": _call(sessions["vae_decoder"], feeds("vae_decoder", 1)),
         }
         if artifact.has_role("vae_encoder"):
-            encoder = backend_module(pipeline.backend).open_session(artifact.component_for_role("vae_encoder"),
-                                                                      pipeline.options)
-            calls["vae_encoder_s"] = (encoder, feeds("vae_encoder", 1))
-        figures = {name: timed(lambda: session.run(inputs), repeats, warmup)
-                   for name, (session, inputs) in calls.items()}
+            calls["vae_encoder_s"] = _call(pipeline.vae_encoder_session(), feeds("vae_encoder", 1))
+        figures = {name: timed(call, repeats, warmup) for name, call in calls.items()}
         # The poller's own record: getrusage's maxrss would include the memory of the process
         # this worker was forked from (Linux keeps it across exec).
         self.memory.take()
         figures["lifetime_peak_rss_bytes"] = self.memory.lifetime
         return figures
 
-def engine_sizes(artifact, precisions: dict[str, str]) -> dict:
-    """Bytes on disk of what an engine with these precisions reads: each network's files in the
-    precision it runs ("text_encoder", "unet", "vae_decoder", "vae_encoder"), and as "total"
-    those plus the artifact's other files (manifest, tokenizer, plans), not the networks' other
-    precisions."""
+
+def _call(session, inputs: dict):
+    return lambda: session.run(inputs)
+
+
+def engine_sizes(artifact, precisions: dict[str, str], vae: str | None = None) -> dict:
+    """Bytes on disk of what an engine with these precisions and VAE reads: each network's files
+    in the precision it runs ("text_encoder": every text encoder, "unet", "vae_decoder",
+    "vae_encoder"), and as "total" those plus the artifact's other files (manifest, tokenizers,
+    plans), not the networks' other precisions nor the other VAEs."""
     from .harness import folder_size
 
     sizes = {}
-    for role, part in (("text_encoder", "text_encoder"), ("denoiser", "unet"), ("vae_decoder", "vae_decoder"),
-                       ("vae_encoder", "vae_encoder")):
-        if artifact.has_role(role):
-            name = artifact.component_for_role(role).spec.name
-            stored = precisions.get(name, "fp32")
-            component = artifact.variant(name, "fp32" if stored == "bf16" else stored)
-            sizes[part] = sum(f.stat().st_size for f in component.files)
+    for name, entry in artifact.manifest["components"].items():
+        if entry["role"].startswith("vae") and entry.get("vae") != vae:  # another VAE than the one it runs
+            continue
+        part = {"denoiser": "unet"}.get(entry["role"], entry["role"])  # (text encoders summed)
+        stored = precisions.get(name, "fp32")
+        component = artifact.variant(name, "fp32" if stored == "bf16" else stored)
+        sizes[part] = sizes.get(part, 0) + sum(f.stat().st_size for f in component.files)
     network_files = set()
     for entry in artifact.manifest["components"].values():
         network_files.update(entry["files"])

@@ -113,6 +113,10 @@ def _export_into(folder: Path, description: str, target: Path, verify: bool, rep
     modules = component_modules({part.name: (text_encoders[part.name], part.final_layer_norm)
                                  for part in family.text_encoders}, unet, vae, added_conditions=bool(family.time_ids),
                                 guidance_embedding=family.guidance_embedding is not None)
+    # `modules` holds the only references from here on: each network's torch weights are freed
+    # once it is exported (export_component), so that exporting SDXL's 10 GB UNet never holds
+    # the text encoders or a second copy of it (its peak: docs/families.md).
+    del text_encoders, unet, vae
     configs = {**{part.name: part.config for part in family.text_encoders}, "unet": unet_config,
                "vae_decoder": vae_config, "vae_encoder": vae_config}
 
@@ -130,7 +134,7 @@ def _export_into(folder: Path, description: str, target: Path, verify: bool, rep
             "max_abs_diff_vs_torch": exported.max_abs_diff,
             "config": {k: v for k, v in configs[name].items() if not k.startswith("_")},
         }
-    del modules, text_encoders, unet, vae
+    del modules
 
     report(total - 1, total, "copying and converting the tokenizers, compiling sampler plans")
     for tokenizer in tokenizers:

@@ -24,6 +24,10 @@ def merge_lora(modules: dict, spec: LoraSpec) -> dict:
             updates = lora_updates(tensors, network, layers, spec.path.name)
             for name, update in updates.items():
                 weight = layers[name].weight
+                if update.size != weight.numel():
+                    raise ExportError(f"LoRA file {spec.path.name} changes {name} by {update.shape[0]}x"
+                                      f"{update.shape[1]} values and the model's weight is "
+                                      f"{'x'.join(map(str, weight.shape))}: it was made for another model.")
                 with torch.no_grad():
                     weight += spec.strength * torch.from_numpy(update).reshape(weight.shape).to(weight.dtype)
             matched[network] = len(updates)

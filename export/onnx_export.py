@@ -8,6 +8,7 @@ construction.
 """
 from __future__ import annotations
 
+import gc
 import hashlib
 import logging
 import warnings
@@ -155,6 +156,10 @@ def export_component(spec: ComponentSpec, module, feeds: dict[str, np.ndarray], 
             reference = module(*args) if verify else None
     finally:
         exporter_log.setLevel(level)
+    # The torch weights go before the exported network is loaded to check it: a caller that
+    # holds no other reference (the exporter) then never has two copies of a large UNet.
+    del module
+    gc.collect()
     files = [path] + sorted(p for p in folder.iterdir() if p != path)
     max_diff = None
     if verify:
@@ -204,6 +209,10 @@ def _max_abs_diff(path: Path, feeds: dict[str, np.ndarray], expected: list[np.nd
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    # the graph's own arithmetic, in no more memory than its weights (no fused or prepacked copies)
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.add_session_config_entry("session.disable_prepacking", "1")
+    options.enable_cpu_mem_arena = False
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     outputs = session.run(None, feeds)
     del session

@@ -113,11 +113,12 @@ def _download(repo_id: str) -> Path:
 
 
 def _from_single_file(path: Path, work_dir: Path | None, config: str, *, allow_pickle: bool) -> Checkpoint:
-    """Convert an original-layout (LDM) SD checkpoint into a diffusers folder.
+    """Convert an original-layout (LDM / SGM) SD or SDXL checkpoint into a diffusers folder, with
+    the pipeline class the config names (StableDiffusionXLPipeline for `sdxl`, ...).
 
     The configs come from models.configs or a local folder, so no hub access is needed.
     """
-    from diffusers import StableDiffusionPipeline
+    import diffusers
 
     if Path(config).is_dir():
         config_dir = Path(config)
@@ -128,13 +129,14 @@ def _from_single_file(path: Path, work_dir: Path | None, config: str, *, allow_p
             raise ExportError(f"{error} Or give a diffusers folder with the checkpoint's config files.") from None
         config_dir = Path(tempfile.mkdtemp(prefix="sdrt-config-", dir=work_dir))
         write_config_folder(config_dir, settings)
+    kind = json.loads((config_dir / "model_index.json").read_text(encoding="utf-8"))["_class_name"]
+    unchecked = {} if "XL" in kind else {"safety_checker": None, "requires_safety_checker": False}
     try:
-        pipe = StableDiffusionPipeline.from_single_file(
-            str(path), config=str(config_dir), local_files_only=True, safety_checker=None,
-            requires_safety_checker=False, use_safetensors=not allow_pickle,
-        )
+        pipe = getattr(diffusers, kind).from_single_file(
+            str(path), config=str(config_dir), local_files_only=True, use_safetensors=not allow_pickle, **unchecked)
     except Exception as error:
-        raise ExportError(f"Could not read {path} as a Stable Diffusion 1.x single-file checkpoint: {error}") from error
+        raise ExportError(f"Could not read {path} as a single-file checkpoint of the {config} configuration "
+                          f"({kind}): {error}") from error
     target = Path(tempfile.mkdtemp(prefix="sdrt-single-", dir=work_dir))
     pipe.save_pretrained(target)
     return Checkpoint(target, f"file:{path.name}")

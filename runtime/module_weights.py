@@ -66,6 +66,10 @@ class ModuleWeights:
                 name, transposed = self.modules[module]
                 weight = weights[name]
                 shape = weight.shape[::-1] if transposed else weight.shape
+                if update.size != weight.size:
+                    raise RequestError(f"A LoRA changes {module} by {update.shape[0]}x{update.shape[1]} values and "
+                                       f"the model's weight is {'x'.join(map(str, shape))}: the LoRA was made for "
+                                       "another model.")
                 change = update.reshape(shape)
                 weight += np.float32(strength) * (change.T if transposed else change)
         return {name: weights[name].astype(self.stored[name].dtype) for name in names}

@@ -19,7 +19,7 @@ from ..kernels.image import to_uint8, to_unit_range
 from ..kernels.sampler_step import guide
 from ..models.components import DENOISER, TEXT_ENCODER, VAE_DECODER, VAE_ENCODER
 from .artifact import Artifact, open_artifact
-from .backends import Capabilities, DenoiserSession, SessionOptions, backend_module, best_backend
+from .backends import Capabilities, DenoiserSession, Session, SessionOptions, backend_module, best_backend
 from .backends.shape_profiles import default_profile
 from .cache import default_engine_cache
 from .conditioning import conditioning, guidance_embedding, text_encoder_uses, time_id_fields, time_id_values
@@ -126,8 +126,9 @@ class StableDiffusionPipeline(RunTimeWeights):
         sessions = {}
         self._computes = {}  # role -> the compute precision its session was opened with
         # the text encoders go by their component names (text_encoder, text_encoder_2), the rest by role
-        self._text_encoders = text_encoder_uses(artifact)
-        keys = {use.component: use.component for use in self._text_encoders}
+        # the text encoders as the UNet reads them (runtime/conditioning.py), in the manifest's order
+        self.text_encoders = text_encoder_uses(artifact)
+        keys = {use.component: use.component for use in self.text_encoders}
         keys.update(denoiser=artifact.component_for_role("denoiser").spec.name,
                     vae_decoder=artifact.component_for_role("vae_decoder", vae).spec.name)
         for role, name in keys.items():
@@ -140,7 +141,7 @@ class StableDiffusionPipeline(RunTimeWeights):
         self._components = {role: component for role, (component, _) in sessions.items()}
         # Run-time weights (runtime/run_time_weights.py): textual-inversion vectors (in id order)
         # and LoRA updates, kept to rebuild the networks' replaced weights whenever one more is loaded.
-        self._token_embeddings = None
+        self._token_embeddings = {}
         self._loras = []
         self._module_weights = {}
         # The open backend sessions by component role, for callers that time or drive the
@@ -148,7 +149,7 @@ class StableDiffusionPipeline(RunTimeWeights):
         # the networks' inputs); every call goes through this dict.
         self.sessions = {role: session for role, (_, session) in sessions.items()}
         self.load_seconds = time.perf_counter() - started
-        self.tokenizer = self._text_encoders[0].tokenizer  # (the one textual inversion teaches)
+        self.tokenizer = self.text_encoders[0].tokenizer  # (the one textual inversion teaches)
         # Long prompts: as many 77-token chunks as the UNet's text sequence axis takes.
         denoiser = self._components["denoiser"].spec
         sequence = denoiser.tensor(DENOISER.text).shape[1]
@@ -164,7 +165,7 @@ class StableDiffusionPipeline(RunTimeWeights):
         # the deepest CLIP skip every text encoder can take (0 where one gives its last layer only)
         self.max_clip_skip = min(
             int(artifact.component(use.component).spec.tensor(TEXT_ENCODER.layers).shape[0]) - 1 + use.layer
-            if use.has_layers else 0 for use in self._text_encoders)
+            if use.has_layers else 0 for use in self.text_encoders)
         pipeline = artifact.pipeline
         self.latent_channels = pipeline["latent_channels"]
         self.vae_scale_factor = pipeline["vae_scale_factor"]
@@ -540,7 +541,7 @@ class StableDiffusionPipeline(RunTimeWeights):
     def _encode_prompt(self, request: GenerationRequest) -> dict[str, np.ndarray]:
         """The denoiser's conditioning inputs by name (runtime/conditioning.py): text embeddings
         ([negative..., positive...] when guidance is on), and SDXL's pooled text and time ids."""
-        sets = len(self._text_encoders)
+        sets = len(self.text_encoders)
         positive = [list(request.prompts), list(request.prompts_2 or request.prompts)][:sets]
         negative = [list(request.negative_prompts), list(request.negative_prompts_2 or request.negative_prompts)][:sets]
         time_ids = None
@@ -552,21 +553,25 @@ class StableDiffusionPipeline(RunTimeWeights):
         if self.embedded_guidance:
             width = int(self._components["denoiser"].spec.tensor(DENOISER.guidance).shape[1])
             guidance = guidance_embedding(request.guidance_scale, width)
-        return conditioning(self._text_encoders, self.sessions, positive, negative, request.zero_negative, time_ids,
+        return conditioning(self.text_encoders, self.sessions, positive, negative, request.zero_negative, time_ids,
                             request.copies, request.num_images_per_prompt, self.max_prompt_chunks, request.clip_skip,
                             guidance)
 
-    def _encode_image(self, pixels: np.ndarray, seed: int) -> np.ndarray:
-        """Scaled latents of one image: a sample of the VAE encoder's diagonal Gaussian, drawn
-        with the seed's own stream (diffusers' DiagonalGaussianDistribution.sample)."""
+    def vae_encoder_session(self) -> Session:
+        """The chosen VAE's encoder session, opened on the first image-to-image request (text-to-
+        image never holds it in memory), computing in the decoder's precision."""
         if "vae_encoder" not in self.sessions:
-            # Opened on the first image-to-image request: text-to-image never holds it in memory.
             component = self.artifact.component_for_role("vae_encoder", self.vae)
             decoder = self._components["vae_decoder"].spec.name
             compute = "bf16" if self.precisions[decoder] == "bf16" else "fp32"
             self.sessions["vae_encoder"] = self._backend_module.open_session(
                 component, replace(self.options, precision=compute))
-        outputs = self.sessions["vae_encoder"].run({VAE_ENCODER.image: pixels})
+        return self.sessions["vae_encoder"]
+
+    def _encode_image(self, pixels: np.ndarray, seed: int) -> np.ndarray:
+        """Scaled latents of one image: a sample of the VAE encoder's diagonal Gaussian, drawn
+        with the seed's own stream (diffusers' DiagonalGaussianDistribution.sample)."""
+        outputs = self.vae_encoder_session().run({VAE_ENCODER.image: pixels})
         if VAE_ENCODER.latents in outputs:  # a deterministic encoder (AutoencoderTiny): the latents themselves
             sample = outputs[VAE_ENCODER.latents]
         else:

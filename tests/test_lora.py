@@ -106,9 +106,9 @@ def test_a_lora_for_another_model_is_refused(tiny_checkpoint, tmp_path):
 
     from sdrt.export.source import ExportError
 
-    foreign = tmp_path / "foreign.safetensors"
-    save_file({"lora_unet_input_blocks_1_1_proj_in.lora_down.weight": torch.zeros(4, 8),
-               "lora_unet_input_blocks_1_1_proj_in.lora_up.weight": torch.zeros(8, 4)}, str(foreign))
+    foreign = tmp_path / "foreign.safetensors"  # (SDXL's deepest block: no such module here)
+    save_file({"lora_unet_input_blocks_8_1_proj_in.lora_down.weight": torch.zeros(4, 8),
+               "lora_unet_input_blocks_8_1_proj_in.lora_up.weight": torch.zeros(8, 4)}, str(foreign))
     with pytest.raises(ExportError, match=r"none of its 1 LoRA weight pairs names a module .*\(0 matched\)"):
         sdrt.export_checkpoint(tiny_checkpoint, tmp_path / "artifact", loras=[str(foreign)])
     assert not (tmp_path / "artifact").exists()
@@ -178,8 +178,8 @@ def test_run_time_lora_errors(tiny_artifact, lora_files, tmp_path):
 
     pipe = sdrt.load(tiny_artifact, backend="onnxruntime")
     foreign = tmp_path / "foreign.safetensors"
-    save_file({"lora_unet_input_blocks_1_1_proj_in.lora_down.weight": torch.zeros(4, 8),
-               "lora_unet_input_blocks_1_1_proj_in.lora_up.weight": torch.zeros(8, 4)}, str(foreign))
+    save_file({"lora_unet_input_blocks_8_1_proj_in.lora_down.weight": torch.zeros(4, 8),
+               "lora_unet_input_blocks_8_1_proj_in.lora_up.weight": torch.zeros(8, 4)}, str(foreign))
     with pytest.raises(RequestError, match=r"none of its 1 LoRA weight pairs names a module .*\(0 matched\)"):
         pipe.load_lora(foreign)
     with pytest.raises(RequestError, match="does not exist"):
@@ -189,12 +189,19 @@ def test_run_time_lora_errors(tiny_artifact, lora_files, tmp_path):
     half = tmp_path / "half.safetensors"  # one pair for this model, one for another
     save_file({"lora_unet_mid_block_attentions_0_transformer_blocks_0_attn1_to_q.lora_down.weight": torch.ones(4, 64),
                "lora_unet_mid_block_attentions_0_transformer_blocks_0_attn1_to_q.lora_up.weight": torch.ones(64, 4),
-               "lora_unet_input_blocks_1_1_proj_in.lora_down.weight": torch.zeros(4, 8),
-               "lora_unet_input_blocks_1_1_proj_in.lora_up.weight": torch.zeros(8, 4)}, str(half))
+               "lora_unet_input_blocks_8_1_proj_in.lora_down.weight": torch.zeros(4, 8),
+               "lora_unet_input_blocks_8_1_proj_in.lora_up.weight": torch.zeros(8, 4)}, str(half))
     with pytest.warns(UserWarning, match="1 of its 2 weight pairs name no weight"):
         summary = pipe.load_lora(half)
     assert summary["matched"] == {"text_encoder": 0, "unet": 1} and pipe.loras == [(str(half), 1.0)]
     assert pipe("a cat", num_inference_steps=1, output_type="np").images.shape == (1, 64, 64, 3)
+    # a module this model has, by its original-checkpoint name, with another model's shape
+    wrong = tmp_path / "wrong.safetensors"
+    save_file({"lora_unet_input_blocks_4_1_proj_in.lora_down.weight": torch.zeros(4, 8),
+               "lora_unet_input_blocks_4_1_proj_in.lora_up.weight": torch.zeros(8, 4)}, str(wrong))
+    with pytest.raises(RequestError, match="down_blocks.1.attentions.0.proj_in by 8x8 values .* made for another"):
+        pipe.load_lora(wrong)
+    assert pipe.loras == [(str(half), 1.0)]
 
 
 def test_generate_applies_loras(tiny_artifact, lora_files, tmp_path):
@@ -276,3 +283,173 @@ def test_run_time_lora_on_onnx_runtimes_fused_unet(tiny_artifact, tiny_checkpoin
     assert summary["unmatched"] == 0
     theirs = diffusers_image(tiny_checkpoint, latents, lora_files["kohya"], 0.8)
     assert np.abs(sdrt_image(pipe, latents) - theirs).mean() <= 1 / 255
+
+
+# SDXL: the two text encoders ("lora_te1_" / "lora_te2_", "text_encoder." / "text_encoder_2.") and
+# the UNet under the original checkpoints' (LDM / SGM) names in kohya's files, as kohya's SDXL
+# trainer writes them; diffusers' own conversion of those names is the oracle.
+
+def sdxl_lora_weights(checkpoint):
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    networks = {"unet": diffusers.UNet2DConditionModel.from_pretrained(checkpoint / "unet"),
+                "text_encoder": CLIPTextModel.from_pretrained(checkpoint / "text_encoder"),
+                "text_encoder_2": CLIPTextModelWithProjection.from_pretrained(checkpoint / "text_encoder_2")}
+    convolutions = ("down_blocks.1.resnets.0.conv1", "up_blocks.0.resnets.1.conv2", "down_blocks.0.downsamplers.0.conv",
+                    "up_blocks.0.upsamplers.0.conv", "up_blocks.1.resnets.0.conv_shortcut")
+    generator = torch.Generator().manual_seed(2)
+    pairs = {}
+    for network, module in networks.items():
+        for name, layer in module.named_modules():
+            wanted = (name.endswith(("attn1.to_q", "attn2.to_k", "attn2.to_v", "ff.net.2", "proj_in",
+                                     "self_attn.q_proj", "self_attn.out_proj"))
+                      or name in convolutions or name == "mid_block.resnets.0.time_emb_proj")
+            if not wanted:
+                continue
+            weight = layer.weight
+            down = torch.randn((RANK, *weight.shape[1:]), generator=generator) * 0.3
+            up = torch.randn((weight.shape[0], RANK, *([1] * (weight.dim() - 2))), generator=generator) * 0.3
+            if network != "unet" and not name.startswith("text_model."):
+                name = f"text_model.{name}"
+            pairs[(network, name)] = (down, up, 2.0)
+    assert {n for n, _ in pairs} == set(networks) and sum(name in convolutions for _, name in pairs) == 5
+    from sdrt.runtime.lora import ldm_unet_names
+
+    # the UNet's modules by their original-checkpoint names (kohya's SDXL keys)
+    ldm = {diffusers_name: name for name, diffusers_name in
+           ldm_unet_names(name for name, _ in networks["unet"].named_modules()).items()}
+    return pairs, ldm
+
+
+def write_sdxl_lora(pairs, ldm, path, layout):
+    from safetensors.torch import save_file
+
+    tensors = {}
+    for (network, name), (down, up, alpha) in pairs.items():
+        if layout == "peft":
+            tensors[f"{network}.{name}.lora_A.weight"] = down.contiguous()
+            tensors[f"{network}.{name}.lora_B.weight"] = (up * (alpha / RANK)).contiguous()
+            continue
+        prefix = {"unet": "lora_unet_", "text_encoder": "lora_te1_", "text_encoder_2": "lora_te2_"}[network]
+        stem = prefix + (ldm[name] if network == "unet" else name).replace(".", "_")
+        tensors[f"{stem}.lora_down.weight"] = down.contiguous()
+        tensors[f"{stem}.lora_up.weight"] = up.contiguous()
+        tensors[f"{stem}.alpha"] = torch.tensor(alpha)
+    save_file(tensors, str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def sdxl_lora_files(tiny_sdxl_checkpoint, tmp_path_factory):
+    pairs, ldm = sdxl_lora_weights(tiny_sdxl_checkpoint)
+    folder = tmp_path_factory.mktemp("sdxl-lora")
+    return {layout: write_sdxl_lora(pairs, ldm, folder / f"{layout}.safetensors", layout)
+            for layout in ("peft", "kohya")}
+
+
+def sdxl_reference(checkpoint, lora=None, embedding=None):
+    # (not test_families.reference: its clip_skip shim of text_encoder.text_model would make
+    # diffusers read LoRA keys for transformers 4's text-encoder layout)
+    pipe = diffusers.StableDiffusionXLPipeline.from_pretrained(checkpoint)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.scheduler = diffusers.EulerDiscreteScheduler.from_config(pipe.scheduler.config)
+    if embedding is not None:  # diffusers' documented way: each half into its encoder
+        from safetensors.torch import load_file
+
+        vectors = load_file(str(embedding))
+        pipe.load_textual_inversion(vectors["clip_l"], token="<toy>", text_encoder=pipe.text_encoder,
+                                    tokenizer=pipe.tokenizer)
+        pipe.load_textual_inversion(vectors["clip_g"], token="<toy>", text_encoder=pipe.text_encoder_2,
+                                    tokenizer=pipe.tokenizer_2)
+    if lora is not None:
+        pipe.load_lora_weights(str(lora))
+        pipe.fuse_lora(lora_scale=0.8)
+    return pipe
+
+
+SDXL_REQUEST = dict(num_inference_steps=4, guidance_scale=5.0, height=48, width=64)
+
+
+def sdxl_images(pipe, theirs, latents, prompt=PROMPT):
+    from test_families import close, run_reference
+
+    ours = pipe(prompt, latents=latents, scheduler="euler", output_type="np", **SDXL_REQUEST).images
+    return ours, close(ours, run_reference(theirs, latents, prompt=prompt, **SDXL_REQUEST))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", list(BACKENDS))
+@pytest.mark.parametrize("layout", ["peft", "kohya"])
+def test_sdxl_lora_at_run_time_matches_diffusers(tiny_sdxl_artifact, tiny_sdxl_checkpoint, sdxl_lora_files, backend,
+                                                 layout):
+    if backend not in sdrt.available_backends():
+        pytest.skip(f"{backend} is not installed")
+    latents = gaussian_noise(8, (1, 4, 24, 32))
+    pipe = sdrt.load(tiny_sdxl_artifact, backend=backend)
+    before, _ = sdxl_images(pipe, sdxl_reference(tiny_sdxl_checkpoint), latents)
+    summary = pipe.load_lora(sdxl_lora_files[layout], 0.8)
+    assert summary["unmatched"] == 0 and all(summary["matched"].values())
+    assert set(summary["matched"]) == {"text_encoder", "text_encoder_2", "unet"}
+    ours, difference = sdxl_images(pipe, sdxl_reference(tiny_sdxl_checkpoint, sdxl_lora_files[layout]), latents)
+    assert difference <= 1 / 255
+    assert np.abs(ours - before).mean() > 5 / 255  # the LoRA changed the image
+
+
+@pytest.mark.slow
+def test_sdxl_lora_merged_at_export_matches_diffusers(tiny_sdxl_checkpoint, sdxl_lora_files, tmp_path):
+    artifact = sdrt.export_checkpoint(tiny_sdxl_checkpoint, tmp_path / "artifact",
+                                      loras=[f"{sdxl_lora_files['kohya']}:0.8"])
+    recorded, = json.loads((artifact / "sdrt.json").read_text())["exporter"]["loras"]
+    assert recorded["unmatched"] == 0 and set(recorded["matched"]) == {"text_encoder", "text_encoder_2", "unet"}
+    _, difference = sdxl_images(sdrt.load(artifact, backend="onnxruntime"),
+                                sdxl_reference(tiny_sdxl_checkpoint, sdxl_lora_files["kohya"]),
+                                gaussian_noise(8, (1, 4, 24, 32)))
+    assert difference <= 1 / 255
+
+
+@pytest.mark.slow
+def test_sdxl_two_vector_embedding_matches_diffusers(tiny_sdxl_artifact, tiny_sdxl_checkpoint, tmp_path):
+    """SDXL's embedding files: clip_l vectors for the first text encoder, clip_g for the second."""
+    from safetensors.torch import save_file
+
+    generator = torch.Generator().manual_seed(3)
+    path = tmp_path / "toy.safetensors"
+    save_file({"clip_l": torch.randn((2, 32), generator=generator) * 0.5,
+               "clip_g": torch.randn((2, 48), generator=generator) * 0.5}, str(path))
+    pipe = sdrt.load(tiny_sdxl_artifact, backend="openvino" if "openvino" in sdrt.available_backends()
+                     else "onnxruntime")
+    assert pipe.load_textual_inversion(path, token="<toy>") == "<toy>"
+    ours, difference = sdxl_images(pipe, sdxl_reference(tiny_sdxl_checkpoint, embedding=path),
+                                   gaussian_noise(9, (1, 4, 24, 32)), "a photo of <toy>")
+    assert difference <= 1 / 255
+    plain = sdrt.load(tiny_sdxl_artifact, backend="onnxruntime")
+    plain_image = plain("a photo of <toy>", latents=gaussian_noise(9, (1, 4, 24, 32)), scheduler="euler",
+                        output_type="np", **SDXL_REQUEST).images
+    assert np.abs(ours - plain_image).mean() > 1 / 255  # the word's vectors took part
+    single = tmp_path / "single.safetensors"
+    save_file({"<one>": torch.zeros(1, 32)}, str(single))
+    with pytest.raises(RequestError, match="one set of vectors; this model has 2 text encoders"):
+        pipe.load_textual_inversion(single)
+
+
+@pytest.mark.slow
+def test_lcm_lora_on_sdxl_matches_diffusers(tiny_sdxl_artifact, tiny_sdxl_checkpoint, sdxl_lora_files):
+    """LCM-LoRA: a LoRA and the lcm sampler at guidance 1 (one UNet call per step), against
+    diffusers' SDXL pipeline with the same LoRA and LCMScheduler. One step for the images (LCM's
+    later steps add noise, which diffusers draws from torch's generator); the 4-step plan's
+    timesteps are LCMScheduler's on this checkpoint's config."""
+    from test_families import close, run_reference
+    from test_pipeline_parity import count_denoiser_batches
+
+    latents = gaussian_noise(10, (1, 4, 24, 32))
+    pipe = sdrt.load(tiny_sdxl_artifact, backend="onnxruntime")
+    pipe.load_lora(sdxl_lora_files["kohya"], 0.8)
+    calls = count_denoiser_batches(pipe)
+    request = dict(num_inference_steps=1, guidance_scale=1.0, height=48, width=64)
+    ours = pipe(PROMPT, latents=latents, scheduler="lcm", output_type="np", **request).images
+    theirs = sdxl_reference(tiny_sdxl_checkpoint, sdxl_lora_files["kohya"])
+    theirs.scheduler = diffusers.LCMScheduler.from_config(theirs.scheduler.config)
+    assert close(ours, run_reference(theirs, latents, prompt=PROMPT, **request)) <= 1 / 255
+    assert set(calls) == {1}
+    theirs.scheduler.set_timesteps(4)
+    assert [step.timestep for step in pipe.plan(4, "lcm").steps] == theirs.scheduler.timesteps.tolist()

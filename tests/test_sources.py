@@ -44,19 +44,32 @@ def test_missing_path(tmp_path):
         resolve_checkpoint(str(tmp_path / "nope.safetensors"))
 
 
-def test_single_file_checkpoint_exports_and_matches_the_folder(tiny_checkpoint, tmp_path):
-    """An original-layout .safetensors file converts to the same weights as the diffusers folder."""
+@pytest.mark.parametrize("family, config", [("tiny", "tiny"), ("tiny_sdxl", "tiny-sdxl"),
+                                            ("tiny_sdxl_refiner", "tiny-sdxl-refiner")])
+def test_single_file_checkpoint_converts_to_the_folders_weights(family, config, tmp_path, request):
+    """An original-layout .safetensors file (SDXL's: the SGM layout with an OpenCLIP second text
+    encoder) converts to the same weights as the diffusers folder, in the config's pipeline."""
     torch = pytest.importorskip("torch")
+    import json
+
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
     from ldm_checkpoint import write_ldm_checkpoint
 
-    single = write_ldm_checkpoint(tiny_checkpoint, tmp_path / "tiny.safetensors")
-    checkpoint = resolve_checkpoint(str(single), work_dir=tmp_path, single_file_config="tiny")
-    assert checkpoint.description == "file:tiny.safetensors"
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextModel
-
-    for cls, part in ((UNet2DConditionModel, "unet"), (AutoencoderKL, "vae"), (CLIPTextModel, "text_encoder")):
-        original = cls.from_pretrained(tiny_checkpoint / part).state_dict()
+    folder = request.getfixturevalue(f"{family}_checkpoint")
+    single = write_ldm_checkpoint(folder, tmp_path / "model.safetensors")
+    checkpoint = resolve_checkpoint(str(single), work_dir=tmp_path, single_file_config=config)
+    assert checkpoint.description == "file:model.safetensors"
+    index = json.loads((checkpoint.folder / "model_index.json").read_text())
+    assert index["_class_name"] == json.loads((folder / "model_index.json").read_text())["_class_name"]
+    parts = [(cls, part) for cls, part in ((UNet2DConditionModel, "unet"), (AutoencoderKL, "vae"),
+                                           (CLIPTextModel, "text_encoder"),
+                                           (CLIPTextModelWithProjection, "text_encoder_2"))
+             if (folder / part).is_dir()]
+    assert len(parts) == {"tiny": 3, "tiny-sdxl": 4, "tiny-sdxl-refiner": 3}[config]
+    for cls, part in parts:
+        original = cls.from_pretrained(folder / part).state_dict()
         converted = cls.from_pretrained(checkpoint.folder / part).state_dict()
         assert original.keys() == converted.keys(), part
         for key in original:

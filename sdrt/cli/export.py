@@ -33,7 +33,8 @@ def add_parser(commands, name: str, summary: str) -> None:
                         help="allow .ckpt/.pt pickle checkpoints (loading one runs code from the file)")
     export.add_argument("--config", default="sd15",
                         help="for a single-file checkpoint: its architecture, a known config (sd15, sd15-inpainting, "
-                             "tiny) or a diffusers folder holding its config files (default sd15)")
+                             "sd2, sdxl, sdxl-refiner, sd-turbo, sdxl-turbo, lcm, tiny, tiny-sdxl, ...) or a "
+                             "diffusers folder holding its config files (default sd15)")
     export.add_argument("--tiny-vae", default=None, metavar="PATH",
                         help="also store this tiny autoencoder (a diffusers AutoencoderTiny folder: TAESD for SD "
                              "1.x/2.x, TAESDXL for SDXL; or random:taesd) as the VAE named taesd (`--vae taesd` at "
