@@ -113,7 +113,8 @@ def ldm_unet_names(modules: Iterable[str]) -> dict[str, str]:
         middle = re.fullmatch(r"mid_block\.(resnets|attentions)\.(\d+)\.(.+)", name)
         if middle:
             kind, number, rest = middle[1], int(middle[2]), middle[3]
-            aliases[f"middle_block.{2 * number}.{resnet(rest)}" if kind == "resnets" else f"middle_block.1.{rest}"] = name
+            ldm = f"middle_block.{2 * number}.{resnet(rest)}" if kind == "resnets" else f"middle_block.1.{rest}"
+            aliases[ldm] = name
             continue
         found = blocks.fullmatch(name)
         if not found or (found[1], int(found[2])) not in layers:

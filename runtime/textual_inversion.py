@@ -61,8 +61,8 @@ def load_embedding(path: str | os.PathLike, widths: dict[str, int],
     for name, vectors in found.items():
         if vectors.shape[-1] != widths[name]:
             raise RequestError(f"The embedding in {path.name} has vectors of {vectors.shape[-1]} values; this model's "
-                               f"{name.replace('_', ' ')} takes {widths[name]} (SD 1.x: 768, SD 2.x: 1024, SDXL: 768 and 1280): it was "
-                               "made for another model.")
+                               f"{name.replace('_', ' ')} takes {widths[name]} (SD 1.x: 768, SD 2.x: 1024, SDXL: 768 "
+                               "and 1280): it was made for another model.")
     counts = {len(vectors.reshape(-1, vectors.shape[-1])) for vectors in found.values()}
     if len(counts) > 1:
         raise RequestError(f"{path.name} has a different number of vectors for each text encoder; it is damaged.")

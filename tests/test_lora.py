@@ -46,7 +46,13 @@ def lora_weights(checkpoint):
     return pairs
 
 
-def write_lora(pairs, path, layout):
+KOHYA_SD = {"unet": "lora_unet_", "text_encoder": "lora_te_"}
+KOHYA_SDXL = {"unet": "lora_unet_", "text_encoder": "lora_te1_", "text_encoder_2": "lora_te2_"}
+
+
+def write_lora(pairs, path, layout, kohya=KOHYA_SD, unet_names=None):
+    """The pairs as a LoRA file in the diffusers/PEFT layout or kohya's (`kohya`: each network's
+    prefix; `unet_names`: the UNet's modules by the names kohya's files give them)."""
     from safetensors.torch import save_file
 
     tensors = {}
@@ -56,7 +62,8 @@ def write_lora(pairs, path, layout):
             tensors[f"{stem}.lora_A.weight"] = down.contiguous()
             tensors[f"{stem}.lora_B.weight"] = (up * (alpha / RANK)).contiguous()
         else:
-            stem = ("lora_unet_" if network == "unet" else "lora_te_") + name.replace(".", "_")
+            named = (unet_names or {}).get(name, name) if network == "unet" else name
+            stem = kohya[network] + named.replace(".", "_")
             tensors[f"{stem}.lora_down.weight"] = down.contiguous()
             tensors[f"{stem}.lora_up.weight"] = up.contiguous()
             tensors[f"{stem}.alpha"] = torch.tensor(alpha)
@@ -321,29 +328,11 @@ def sdxl_lora_weights(checkpoint):
     return pairs, ldm
 
 
-def write_sdxl_lora(pairs, ldm, path, layout):
-    from safetensors.torch import save_file
-
-    tensors = {}
-    for (network, name), (down, up, alpha) in pairs.items():
-        if layout == "peft":
-            tensors[f"{network}.{name}.lora_A.weight"] = down.contiguous()
-            tensors[f"{network}.{name}.lora_B.weight"] = (up * (alpha / RANK)).contiguous()
-            continue
-        prefix = {"unet": "lora_unet_", "text_encoder": "lora_te1_", "text_encoder_2": "lora_te2_"}[network]
-        stem = prefix + (ldm[name] if network == "unet" else name).replace(".", "_")
-        tensors[f"{stem}.lora_down.weight"] = down.contiguous()
-        tensors[f"{stem}.lora_up.weight"] = up.contiguous()
-        tensors[f"{stem}.alpha"] = torch.tensor(alpha)
-    save_file(tensors, str(path))
-    return path
-
-
 @pytest.fixture(scope="module")
 def sdxl_lora_files(tiny_sdxl_checkpoint, tmp_path_factory):
     pairs, ldm = sdxl_lora_weights(tiny_sdxl_checkpoint)
     folder = tmp_path_factory.mktemp("sdxl-lora")
-    return {layout: write_sdxl_lora(pairs, ldm, folder / f"{layout}.safetensors", layout)
+    return {layout: write_lora(pairs, folder / f"{layout}.safetensors", layout, KOHYA_SDXL, ldm)
             for layout in ("peft", "kohya")}
 
 
