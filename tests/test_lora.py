@@ -375,7 +375,7 @@ def test_sdxl_lora_at_run_time_matches_diffusers(tiny_sdxl_artifact, tiny_sdxl_c
         pytest.skip(f"{backend} is not installed")
     latents = gaussian_noise(8, (1, 4, 24, 32))
     pipe = sdrt.load(tiny_sdxl_artifact, backend=backend)
-    before, _ = sdxl_images(pipe, sdxl_reference(tiny_sdxl_checkpoint), latents)
+    before = pipe(PROMPT, latents=latents, scheduler="euler", output_type="np", **SDXL_REQUEST).images
     summary = pipe.load_lora(sdxl_lora_files[layout], 0.8)
     assert summary["unmatched"] == 0 and all(summary["matched"].values())
     assert set(summary["matched"]) == {"text_encoder", "text_encoder_2", "unet"}
