@@ -277,8 +277,8 @@ class PeerEngine:
             "text_encoder_s": lambda: [(encoder(i[1:]), encoder(i[:1])) for (encoder, _), i in zip(encoders, ids)],
             "unet_batch1_s": unet(1),
             "unet_batch2_s": unet(2),
-            "vae_decoder_s": lambda: pipe.vae.decode(torch.randn(1, 4, *latent[1:], generator=generator, dtype=dtype),
-                                                     return_dict=False),
+            "vae_decoder_s": lambda: pipe.vae.decode(torch.randn(1, pipe.vae.config.latent_channels, *latent[1:],
+                                                                 generator=generator, dtype=dtype), return_dict=False),
         }
         calls["vae_encoder_s"] = lambda: pipe.vae.encode(
             torch.randn(1, 3, settings["height"], settings["width"], generator=generator, dtype=dtype))

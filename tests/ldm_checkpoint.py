@@ -11,45 +11,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-RESNET = {"norm1": "in_layers.0", "conv1": "in_layers.2", "norm2": "out_layers.0", "conv2": "out_layers.3",
-          "time_emb_proj": "emb_layers.1", "conv_shortcut": "skip_connection"}
+from sdrt.runtime.lora import ldm_unet_names
+
 VAE_ATTENTION = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
-
-
-def _unet_key(key: str, config: dict) -> str:
-    from diffusers.loaders.single_file_utils import DIFFUSERS_TO_LDM_MAPPING
-
-    direct = {**DIFFUSERS_TO_LDM_MAPPING["unet"]["layers"], **DIFFUSERS_TO_LDM_MAPPING["unet"]["addition_embed_type"]}
-    if key in direct:
-        return direct[key]
-    per_block = config["layers_per_block"] + 1
-    parts = key.split(".")
-
-    def resnet(rest: list[str]) -> str:
-        return ".".join([RESNET.get(rest[0], rest[0])] + rest[1:])
-
-    if parts[0] == "down_blocks":
-        block = int(parts[1])
-        if parts[2] == "downsamplers":
-            return f"input_blocks.{(block + 1) * per_block}.0.op.{parts[-1]}"
-        index = block * per_block + int(parts[3]) + 1
-        if parts[2] == "resnets":
-            return f"input_blocks.{index}.0.{resnet(parts[4:])}"
-        return f"input_blocks.{index}.1.{'.'.join(parts[4:])}"
-    if parts[0] == "mid_block":
-        if parts[1] == "resnets":
-            return f"middle_block.{2 * int(parts[2])}.{resnet(parts[3:])}"
-        return f"middle_block.1.{'.'.join(parts[3:])}"
-    if parts[0] == "up_blocks":
-        block = int(parts[1])
-        if parts[2] == "upsamplers":
-            has_attention = "CrossAttn" in config["up_block_types"][block]
-            return f"output_blocks.{block * per_block + per_block - 1}.{2 if has_attention else 1}.conv.{parts[-1]}"
-        index = block * per_block + int(parts[3])
-        if parts[2] == "resnets":
-            return f"output_blocks.{index}.0.{resnet(parts[4:])}"
-        return f"output_blocks.{index}.1.{'.'.join(parts[4:])}"
-    raise KeyError(key)
 
 
 def _vae_key(key: str, blocks: int) -> str:
@@ -85,11 +49,15 @@ def write_ldm_checkpoint(diffusers_folder: Path, target: Path) -> Path:
     from safetensors.torch import load_file, save_file
 
     folder = Path(diffusers_folder)
-    unet_config = json.loads((folder / "unet" / "config.json").read_text())
     vae_config = json.loads((folder / "vae" / "config.json").read_text())
     state: dict[str, torch.Tensor] = {}
-    for key, value in load_file(folder / "unet" / "diffusion_pytorch_model.safetensors").items():
-        state["model.diffusion_model." + _unet_key(key, unet_config)] = value
+    unet = load_file(folder / "unet" / "diffusion_pytorch_model.safetensors")
+    # the UNet's modules by their original names: sdrt's own mapping (runtime/lora.py, which
+    # kohya's SDXL LoRA keys go through), checked here by diffusers' reading of the file back
+    ldm = {module: name for name, module in ldm_unet_names({key.rsplit(".", 1)[0] for key in unet}).items()}
+    for key, value in unet.items():
+        module, parameter = key.rsplit(".", 1)
+        state[f"model.diffusion_model.{ldm[module]}.{parameter}"] = value
     for key, value in load_file(folder / "vae" / "diffusion_pytorch_model.safetensors").items():
         ldm = _vae_key(key, len(vae_config["up_block_types"]))
         if ".mid.attn_1." in ldm and value.ndim == 2:
