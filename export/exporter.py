@@ -139,7 +139,7 @@ def _export_into(folder: Path, description: str, target: Path, verify: bool, rep
     report(total - 1, total, "copying and converting the tokenizers, compiling sampler plans")
     for tokenizer in tokenizers:
         tokenizer["files"].update(write_openvino_tokenizer(target / tokenizer["name"], tokenizer["max_length"]))
-    write_plan_file(target, scheduler_config)
+    write_plan_file(target, scheduler_config, handoffs=bool(family.time_ids))  # SDXL: a refiner stage
 
     report(total, total, "writing the manifest")
     prediction = scheduler_config.get("prediction_type", "epsilon")

@@ -155,16 +155,28 @@ def end_plan_at(plan: SamplerPlan, denoising_end: float, scheduler_config: dict)
     return replace(plan, steps=plan.steps[:kept], noising=plan.noising[:kept])
 
 
+def handoff_start(sampler: str, scheduler_config: dict, num_inference_steps: int, denoising_start: float) -> int:
+    """The index, in the `num_inference_steps`-step schedule, of the first step a refiner runs
+    after a base model stopped at `denoising_start`: the steps below its cutoff are the refiner's
+    (pipeline_stable_diffusion_xl_img2img.py, get_timesteps with denoising_start)."""
+    cutoff = _cutoff(denoising_start, scheduler_config, "denoising_start")
+    full = compile_plan(sampler, scheduler_config, num_inference_steps)
+    return num_inference_steps - sum(1 for step in full.steps if step.timestep < cutoff)
+
+
 def compile_handoff_plan(sampler: str, scheduler_config: dict, num_inference_steps: int,
                          denoising_start: float) -> SamplerPlan:
     """A refiner's plan: of the `num_inference_steps`-step schedule, the steps below the
     `denoising_start` cutoff, starting from the given latents as they are (no noise added: they
-    are a base model's, stopped there with denoising_end); multistep history starts afresh
-    (pipeline_stable_diffusion_xl_img2img.py, get_timesteps with denoising_start)."""
-    cutoff = _cutoff(denoising_start, scheduler_config, "denoising_start")
-    full = compile_plan(sampler, scheduler_config, num_inference_steps)
-    remaining = sum(1 for step in full.steps if step.timestep < cutoff)
-    plan = _compile(sampler, scheduler_config, num_inference_steps, num_inference_steps - remaining)
+    are a base model's, stopped there with denoising_end); multistep history starts afresh."""
+    start = handoff_start(sampler, scheduler_config, num_inference_steps, denoising_start)
+    return compile_handoff_plan_from(sampler, scheduler_config, num_inference_steps, start)
+
+
+def compile_handoff_plan_from(sampler: str, scheduler_config: dict, num_inference_steps: int,
+                              start: int) -> SamplerPlan:
+    """compile_handoff_plan by the index of its first step (handoff_start)."""
+    plan = _compile(sampler, scheduler_config, num_inference_steps, start)
     return replace(plan, init_noise_sigma=0.0, init_image_weight=1.0)
 
 

@@ -211,3 +211,61 @@ def test_families_match_the_python_runtime(host, family, request, tmp_path):
     difference = np.abs(cpp.astype(np.int16) - python.astype(np.int16))
     assert difference.mean() <= 1.0, f"mean abs difference {difference.mean():.3f}/255"
     assert python.std() > 1
+
+
+@pytest.mark.slow
+def test_refiner_hand_off_matches_the_python_runtime(host, tiny_sdxl_artifact, tiny_sdxl_refiner_artifact, tmp_path):
+    """`--refiner` at the stored 0.8 hand-off (a multistep sampler, so the refiner's history restarts);
+    another fraction is refused until `sdrt plan --denoising-start` adds its plans."""
+    import sdrt
+    from sdrt.cli import main
+
+    base = sdrt.load(tiny_sdxl_artifact, backend="openvino", precision="fp32")
+    refiner = sdrt.load(tiny_sdxl_refiner_artifact, backend="openvino", precision="fp32")
+    common = dict(num_inference_steps=10, guidance_scale=5.0, seed=7, scheduler="dpmpp_2m")
+
+    def python(fraction):
+        latents = base(PROMPT, negative_prompt=NEGATIVE, height=48, width=64, denoising_end=fraction,
+                       output_type="latent", **common).images
+        refined = refiner(PROMPT, negative_prompt=NEGATIVE, image=latents, denoising_start=fraction, **common)
+        return np.asarray(refined.images[0])
+
+    def cpp(fraction, artifact=tiny_sdxl_refiner_artifact):
+        return host_image(host, tiny_sdxl_artifact, tmp_path / "cpp.png", steps=10, scheduler="dpmpp_2m",
+                          size="64x48", extra=["--refiner", str(artifact), "--high-noise-frac", str(fraction)])
+
+    expected = python(0.8)
+    difference = np.abs(cpp(0.8).astype(np.int16) - expected.astype(np.int16))
+    assert difference.mean() <= 1.0, f"mean abs difference {difference.mean():.3f}/255"
+    base_alone = python_image(base, steps=10, scheduler="dpmpp_2m", size=(64, 48))
+    assert np.abs(expected.astype(np.int16) - base_alone.astype(np.int16)).mean() > 1  # the refiner ran
+
+    copy = shutil.copytree(tiny_sdxl_refiner_artifact, tmp_path / "refiner")
+    args = ["generate", "--artifact", str(tiny_sdxl_artifact), "--prompt", PROMPT, "--negative", NEGATIVE, "--steps",
+            "10", "--scheduler", "dpmpp_2m", "--size", "64x48", "--refiner", str(copy), "--high-noise-frac", "0.55",
+            "-o", str(tmp_path / "x.png")]
+    refused = run_host(host, *args)
+    assert refused.returncode == 1 and "--denoising-start 0.55" in refused.stderr, refused.stderr
+    assert main(["plan", str(copy), "--scheduler", "dpmpp_2m", "--steps", "10", "--denoising-start", "0.55"]) == 0
+    difference = np.abs(cpp(0.55, copy).astype(np.int16) - python(0.55).astype(np.int16))
+    assert difference.mean() <= 1.0, f"mean abs difference {difference.mean():.3f}/255"
+
+
+@pytest.mark.slow
+def test_sdxl_size_conditions_match_the_python_runtime(host, tiny_sdxl_artifact, tmp_path):
+    import sdrt
+
+    flags = ["--original-size", "96x80", "--crops-coords-top-left", "8,16", "--target-size", "64x48",
+             "--negative-target-size", "32x40"]
+    cpp = host_image(host, tiny_sdxl_artifact, tmp_path / "cpp.png", steps=6, size="64x48", extra=flags)
+    pipe = sdrt.load(tiny_sdxl_artifact, backend="openvino", precision="fp32")
+    common = dict(negative_prompt=NEGATIVE, num_inference_steps=6, guidance_scale=5.0, seed=7, width=64, height=48)
+    python = np.asarray(pipe(PROMPT, original_size=(80, 96), crops_coords_top_left=(8, 16), target_size=(48, 64),
+                             negative_target_size=(40, 32), **common).images[0])
+    plain = np.asarray(pipe(PROMPT, **common).images[0])
+    difference = np.abs(cpp.astype(np.int16) - python.astype(np.int16))
+    assert difference.mean() <= 1.0, f"mean abs difference {difference.mean():.3f}/255"
+    assert np.abs(python.astype(np.int16) - plain.astype(np.int16)).mean() > 1  # the conditions matter
+    bad = run_host(host, "generate", "--artifact", str(tiny_sdxl_artifact), "--prompt", PROMPT,
+                   "--original-size", "0x48", "-o", str(tmp_path / "x.png"))
+    assert bad.returncode == 1 and "original_size must be a pair" in bad.stderr, bad.stderr

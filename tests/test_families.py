@@ -325,3 +325,21 @@ def test_tiled_decoding_matches_diffusers_enable_tiling(tiny_checkpoint, tiny_ar
     assert close(ours, run_reference(their_pipe, latents, prompt=PROMPT, **common)) <= 1 / 255
     with pytest.raises(RequestError, match="a tile size in pixels, a multiple of 2 "):
         sdrt.load(tiny_artifact, vae_tiling=41)
+
+
+def test_generate_passes_the_size_conditions(tiny_sdxl_artifact, tmp_path, capsys):
+    from PIL import Image
+
+    from sdrt.cli import main
+
+    out = tmp_path / "c.png"
+    assert main(["generate", PROMPT, "--artifact", str(tiny_sdxl_artifact), "--size", f"{WIDTH}x{HEIGHT}",
+                 "--steps", "3", "--seed", "5", "--backend", "onnxruntime", "--original-size", "96x80",
+                 "--crops-coords-top-left", "8,16", "--negative-target-size", "32x40", "-o", str(out)]) == 0
+    pipe = sdrt.load(tiny_sdxl_artifact, backend="onnxruntime")
+    expected = pipe(PROMPT, height=HEIGHT, width=WIDTH, num_inference_steps=3, guidance_scale=7.5, seed=5,
+                    original_size=(80, 96), crops_coords_top_left=(8, 16), negative_target_size=(40, 32)).images[0]
+    np.testing.assert_array_equal(np.asarray(Image.open(out)), np.asarray(expected))
+    assert main(["generate", PROMPT, "--artifact", str(tiny_sdxl_artifact), "--crops-coords-top-left", "8x16",
+                 "-o", str(out)]) == 2
+    assert "TOP,LEFT" in capsys.readouterr().err

@@ -12,8 +12,9 @@ import pytest
 from sdrt.cli import main
 from sdrt.models.demo import demo_artifact
 from sdrt.runtime.artifact import open_artifact
-from sdrt.runtime.plan_file import DEFAULT_STEP_COUNTS
-from sdrt.runtime.samplers import SAMPLERS, compile_plan, default_sampler
+from sdrt.runtime.errors import RequestError
+from sdrt.runtime.plan_file import DEFAULT_HANDOFF, DEFAULT_STEP_COUNTS
+from sdrt.runtime.samplers import SAMPLERS, compile_handoff_plan, compile_plan, default_sampler, handoff_start
 from sdrt.runtime.tokenizer import ClipTokenizer
 
 PROMPTS = [
@@ -50,6 +51,29 @@ def test_every_sampler_is_stored_at_the_default_step_counts(artifact):
     assert "37" not in document["plans"]["euler"]
 
 
+def test_sdxl_artifacts_store_the_refiner_hand_off_plans(tiny_sdxl_refiner_artifact, tiny_artifact):
+    """The plans that finish a base model's latents from 0.8 (keyed by their first step), for every
+    sampler and default step count that leaves the refiner a step; none for SD 1.x."""
+    manifest = open_artifact(tiny_sdxl_refiner_artifact).manifest
+    config = manifest["pipeline"]["scheduler"]
+    handoffs = json.loads((tiny_sdxl_refiner_artifact / manifest["sampler_plans"]).read_text())["handoffs"]
+    assert set(handoffs) == set(SAMPLERS)
+    for sampler, by_steps in handoffs.items():
+        for steps in DEFAULT_STEP_COUNTS:
+            try:
+                start = handoff_start(sampler, config, steps, DEFAULT_HANDOFF)
+            except RequestError:  # (lcm beyond its original step count)
+                start = steps
+            if start == steps:
+                assert str(steps) not in by_steps
+                continue
+            assert by_steps[str(steps)] == {str(start): compile_handoff_plan(sampler, config, steps,
+                                                                             DEFAULT_HANDOFF).to_json()}
+    assert handoffs["euler"]["20"].keys() == {"16"}
+    sd1 = open_artifact(tiny_artifact).manifest
+    assert "handoffs" not in json.loads((tiny_artifact / sd1["sampler_plans"]).read_text())
+
+
 def test_openvino_tokenizer_gives_the_python_tokenizer_ids(artifact):
     ov = pytest.importorskip("openvino")
     pytest.importorskip("openvino_tokenizers")  # importing it registers the extension with OpenVINO
@@ -77,6 +101,13 @@ def test_sdrt_plan_adds_a_plan_and_keeps_the_artifact_valid(tmp_path, capsys):
             assert plans[sampler][str(steps)] == compile_plan(sampler, config, steps).to_json()
     assert plans["ddim"]["20"] == compile_plan("ddim", config, 20).to_json()  # kept
 
+    assert main(["plan", str(folder), "--scheduler", "ddim", "--steps", "12", "--denoising-start", "0.75", "0.5"]) == 0
+    assert "added ddim 12 from step 9" in capsys.readouterr().out
+    handoffs = json.loads((folder / artifact.manifest["sampler_plans"]).read_text())["handoffs"]["ddim"]["12"]
+    assert handoffs == {str(handoff_start("ddim", config, 12, f)): compile_handoff_plan("ddim", config, 12, f).to_json()
+                        for f in (0.75, 0.5)}
+    open_artifact(folder)
+
     plan_file = tmp_path / "plan.json"
     assert main(["plan", str(folder), "--scheduler", "dpmpp_2m", "--steps", "9", "-o", str(plan_file)]) == 0
     assert json.loads(plan_file.read_text()) == {**compile_plan("dpmpp_2m", config, 9).to_json(),
@@ -92,5 +123,11 @@ def test_sdrt_plan_refuses_what_cannot_be_compiled(tmp_path, capsys):
     single = str(tmp_path / "p.json")
     assert main(["plan", str(folder), "--scheduler", "euler", "ddim", "--steps", "9", "-o", single]) == 2
     assert "one --scheduler" in capsys.readouterr().err
+    assert main(["plan", str(folder), "--scheduler", "euler", "--steps", "9", "--denoising-start", "0.8", "-o",
+                 single]) == 2
+    assert "leave out -o" in capsys.readouterr().err
+    assert main(["plan", str(folder), "--scheduler", "euler", "--steps", "9", "--denoising-start", "1.5"]) == 2
+    assert "denoising_start must be a fraction" in capsys.readouterr().err
+    assert (folder / "sdrt.json").read_bytes() == before
     assert main(["plan", str(tmp_path), "--scheduler", "euler", "--steps", "9"]) == 2
     assert "sdrt.json" in capsys.readouterr().err

@@ -36,6 +36,20 @@ def add_parser(commands, name: str, summary: str) -> None:
                                "schedule on (diffusers' ensemble of experts)")
     generate.add_argument("--high-noise-frac", type=float, default=0.8,
                           help="with --refiner: the fraction of the schedule the base model runs (default 0.8)")
+    for flag, what in (("original-size", "the size the model is told the image had before cropping"),
+                       ("target-size", "the size the model is told to aim for"),
+                       ("crops-coords-top-left", "the crop's top-left corner the model is told of")):
+        form = "TOP,LEFT" if flag.startswith("crops") else "WxH"
+        default = "0,0" if flag.startswith("crops") else "the image's size"
+        generate.add_argument(f"--{flag}", default=None, metavar=form,
+                              help=f"SDXL: {what} (diffusers' {flag.replace('-', '_')}; default {default})")
+        generate.add_argument(f"--negative-{flag}", default=None, metavar=form,
+                              help="SDXL: the same for the unconditional half (default: the positive ones; once one "
+                                   "negative condition is given, the other sizes are the positive ones, the crop 0,0)")
+    generate.add_argument("--aesthetic-score", type=float, default=None,
+                          help="SDXL refiner: the aesthetic score it is conditioned on (default 6)")
+    generate.add_argument("--negative-aesthetic-score", type=float, default=None,
+                          help="SDXL refiner: the unconditional half's (default 2.5)")
     engine_arguments(generate, STEPS, GUIDANCE)
     generate.add_argument("--seed", type=int, default=None,
                           help="seed of sdrt's portable noise generator; the same seed gives the same image on "
@@ -108,7 +122,8 @@ def run(args, argv: list[str]) -> int:
     family = {"clip_skip": args.clip_skip}
     if args.prompt_2 is not None or args.negative_2 is not None:
         family.update(prompt_2=args.prompt_2, negative_prompt_2=args.negative_2)
-    shared = dict(num_inference_steps=args.steps, guidance_scale=args.guidance, scheduler=args.scheduler, **family)
+    shared = dict(num_inference_steps=args.steps, guidance_scale=args.guidance, scheduler=args.scheduler, **family,
+                  **_size_conditions(args))
     handoff = {} if refiner is None else {"denoising_end": args.high_noise_frac, "output_type": "latent"}
     request = pipe.request(args.prompt, args.negative, image=image, strength=args.strength, **inpainting,
                            height=height, width=width, seed=args.seed, num_images_per_prompt=args.num_images,
@@ -152,6 +167,29 @@ def run(args, argv: list[str]) -> int:
           f"{len(steps)} steps {per_step:.3f}s/step  vae {result.timings['vae_decoder']:.2f}s  "
           f"total {result.timings['total']:.2f}s")
     return 0
+
+
+def _size_conditions(args) -> dict:
+    """SDXL's size conditions given on the command line, as the API's (height, width) / (top, left) pairs."""
+    conditions: dict = {}
+    for prefix in ("", "negative_"):
+        for name in ("original_size", "target_size"):
+            text = getattr(args, prefix + name)
+            if text is not None:
+                width, height = parse_size(text, "--" + (prefix + name).replace("_", "-"))
+                conditions[prefix + name] = (height, width)
+        crop = getattr(args, prefix + "crops_coords_top_left")
+        if crop is not None:
+            option = "--" + (prefix + "crops_coords_top_left").replace("_", "-")
+            try:
+                top, left = (int(v) for v in crop.split(","))
+            except ValueError:
+                raise CommandError(f"{option} must look like 0,64 (TOP,LEFT), got {crop!r}.") from None
+            conditions[prefix + "crops_coords_top_left"] = (top, left)
+        score = getattr(args, prefix + "aesthetic_score")
+        if score is not None:
+            conditions[prefix + "aesthetic_score"] = score
+    return conditions
 
 
 def _parse_sides(text: str) -> dict[str, int]:

@@ -20,6 +20,10 @@ def add_parser(commands, name: str, summary: str) -> None:
     plan.add_argument("--scheduler", nargs="+", required=True, choices=list(SAMPLERS), metavar="NAME",
                       help=f"samplers to compile: {', '.join(SAMPLERS)}")
     plan.add_argument("--steps", nargs="+", type=int, required=True, metavar="N", help="step counts to compile")
+    plan.add_argument("--denoising-start", nargs="+", type=float, default=[], metavar="F",
+                      help="also compile the hand-off plans a refiner runs to finish another model's latents "
+                           "stopped at F of the schedule (sdrt-host --refiner --high-noise-frac F; `sdrt export` "
+                           "stores 0.8 for SDXL models)")
     plan.add_argument("-o", "--output", default=None,
                       help="write the plan (one scheduler, one step count) to this JSON file instead")
 
@@ -31,9 +35,11 @@ def run(args, argv: list[str]) -> int:
 
     if args.output is not None and (len(args.scheduler) != 1 or len(args.steps) != 1):
         raise CommandError("With -o, name one --scheduler and one --steps: a plan file holds one plan.")
+    if args.output is not None and args.denoising_start:
+        raise CommandError("A hand-off plan is read from the refiner's artifact; leave out -o with --denoising-start.")
     artifact = open_artifact(args.artifact, verify_checksums=False)  # refuses what is not an artifact, saying why
     if args.output is None:
-        for name in add_plans(artifact.root, args.scheduler, args.steps):
+        for name in add_plans(artifact.root, args.scheduler, args.steps, args.denoising_start):
             print(f"added {name}")
         return 0
     plan = compile_plan(args.scheduler[0], artifact.pipeline["scheduler"], args.steps[0])

@@ -1,9 +1,11 @@
 // sdrt-host: the command-line front of the C++ host library (include/sdrt/host.hpp).
+#include <array>
 #include <charconv>
 #include <cstdio>
 #include <cstring>
 #include <iostream>
 #include <map>
+#include <optional>
 #include <string>
 
 #include "sdrt/host.hpp"
@@ -21,6 +23,16 @@ generate options:
   --negative-2 TEXT       SDXL: the second text encoder's negative prompt (default: --negative)
   --clip-skip N           condition on N layers before the model's own (diffusers' clip_skip; default 0)
   --vae NAME              decode with a VAE added to the artifact under NAME (e.g. taesd)
+  --refiner DIR           SDXL: finish the image with this refiner artifact from --high-noise-frac of the
+                          schedule on (diffusers' ensemble of experts; the refiner's VAE decodes)
+  --high-noise-frac F     with --refiner: the fraction of the schedule the base model runs (default 0.8)
+  --original-size WxH, --target-size WxH, --crops-coords-top-left TOP,LEFT
+                          SDXL's size conditions (default: the image's size, 0,0)
+  --negative-original-size WxH, --negative-target-size WxH, --negative-crops-coords-top-left TOP,LEFT
+                          the unconditional half's (default: the positive ones; once one is given, the
+                          others' sizes are the positive ones and the crop 0,0)
+  --aesthetic-score A, --negative-aesthetic-score A
+                          the SDXL refiner's aesthetic conditions (default 6 and 2.5)
   --steps N               denoising steps (default 20; with --plan, the plan's)
   --guidance G            classifier-free guidance scale; <= 1 turns it off (default 7.5)
   --seed S                seed of the portable noise generator (default 0)
@@ -59,7 +71,10 @@ std::map<std::string, std::string> parse_flags(int argc, char** argv, int first)
       {"--seed", true}, {"--scheduler", true}, {"--size", true}, {"--plan", true}, {"--device", true},
       {"--precision", true}, {"--tokenizers-extension", true}, {"--no-verify", false}, {"-o", true},
       {"--output", true}, {"--count", true}, {"--stream", true}, {"--prompt-2", true}, {"--negative-2", true},
-      {"--clip-skip", true}, {"--vae", true}};
+      {"--clip-skip", true}, {"--vae", true}, {"--refiner", true}, {"--high-noise-frac", true},
+      {"--original-size", true}, {"--target-size", true}, {"--crops-coords-top-left", true},
+      {"--negative-original-size", true}, {"--negative-target-size", true},
+      {"--negative-crops-coords-top-left", true}, {"--aesthetic-score", true}, {"--negative-aesthetic-score", true}};
   std::map<std::string, std::string> flags;
   for (int i = first; i < argc; ++i) {
     std::string flag = argv[i];
@@ -75,6 +90,42 @@ std::map<std::string, std::string> parse_flags(int argc, char** argv, int first)
     }
   }
   return flags;
+}
+
+// "A<sep>B" as two integers, e.g. 1024x768 or 0,64.
+std::array<int, 2> parse_pair(const std::string& flag, const std::string& text, const char* separators,
+                              const char* example) {
+  auto at = text.find_first_of(separators);
+  if (at == std::string::npos) throw Usage(flag + " must look like " + example + ", got \"" + text + "\".");
+  return {parse_number<int>(flag, text.substr(0, at)), parse_number<int>(flag, text.substr(at + 1))};
+}
+
+// SDXL's size conditions from WIDTHxHEIGHT sizes and TOP,LEFT crops (the library's pairs are (height, width)).
+void size_conditions(const std::map<std::string, std::string>& flags, sdrt::Request& request) {
+  auto size = [&](const std::string& flag, std::optional<sdrt::Pair>& into) {
+    if (!flags.count(flag)) return;
+    auto [w, h] = parse_pair(flag, flags.at(flag), "xX", "1024x1024 (WIDTHxHEIGHT)");
+    into = sdrt::Pair{h, w};
+  };
+  size("--original-size", request.original_size);
+  size("--target-size", request.target_size);
+  size("--negative-original-size", request.negative_original_size);
+  size("--negative-target-size", request.negative_target_size);
+  if (flags.count("--crops-coords-top-left")) {
+    request.crops_coords_top_left = parse_pair("--crops-coords-top-left", flags.at("--crops-coords-top-left"), ",",
+                                               "0,0 (TOP,LEFT)");
+  }
+  if (flags.count("--negative-crops-coords-top-left")) {
+    request.negative_crops_coords_top_left = parse_pair(
+        "--negative-crops-coords-top-left", flags.at("--negative-crops-coords-top-left"), ",", "0,0 (TOP,LEFT)");
+  }
+  if (flags.count("--aesthetic-score")) {
+    request.aesthetic_score = parse_number<float>("--aesthetic-score", flags.at("--aesthetic-score"));
+  }
+  if (flags.count("--negative-aesthetic-score")) {
+    request.negative_aesthetic_score =
+        parse_number<float>("--negative-aesthetic-score", flags.at("--negative-aesthetic-score"));
+  }
 }
 
 int generate(const std::map<std::string, std::string>& flags) {
@@ -108,16 +159,49 @@ int generate(const std::map<std::string, std::string>& flags) {
     request.width = parse_number<int>("--size", size.substr(0, x));
     request.height = parse_number<int>("--size", size.substr(x + 1));
   }
+  size_conditions(flags, request);
   std::string output = get("-o", "sdrt.png");
+  if (flags.count("--high-noise-frac") && !flags.count("--refiner")) throw Usage("--high-noise-frac goes with --refiner.");
 
-  sdrt::Pipeline pipeline(get("--artifact", ""), options);
-  sdrt::Image image = pipeline.generate(request);
+  sdrt::Timings t;
+  double load = 0;
+  auto add = [&](const sdrt::Pipeline& pipeline) {
+    const sdrt::Timings& part = pipeline.last_timings();
+    load += pipeline.load_seconds();
+    t.text_encoder += part.text_encoder;
+    t.denoising += part.denoising;
+    t.steps.insert(t.steps.end(), part.steps.begin(), part.steps.end());
+  };
+  sdrt::Image image;
+  {
+    sdrt::Pipeline pipeline(get("--artifact", ""), options);
+    if (!flags.count("--refiner")) {
+      image = pipeline.generate(request);
+      add(pipeline);
+      t.vae_decoder = pipeline.last_timings().vae_decoder;
+      t.total = pipeline.last_timings().total;
+    } else {  // the base to --high-noise-frac, freed before the refiner opens; the refiner from there
+      request.denoising_end = parse_number<double>("--high-noise-frac", get("--high-noise-frac", "0.8"));
+      sdrt::Latents latents = pipeline.denoise(request);
+      add(pipeline);
+      t.total = pipeline.last_timings().total;
+      request.latents = std::move(latents);
+      request.denoising_start = request.denoising_end;
+      request.denoising_end.reset();
+    }
+  }
+  if (request.latents) {
+    sdrt::Pipeline refiner(get("--refiner", ""), options);
+    image = refiner.decode(refiner.denoise(request));
+    add(refiner);
+    t.vae_decoder = refiner.last_timings().vae_decoder;
+    t.total += refiner.last_timings().total;
+  }
   sdrt::write_png(output, image);
-  const sdrt::Timings& t = pipeline.last_timings();
   std::printf("wrote %s (%dx%d, seed %llu)\n", output.c_str(), image.width, image.height,
               static_cast<unsigned long long>(request.seed));
   std::printf("seconds: load %.3f  text_encoder %.3f  denoising %.3f (%zu steps)  vae_decoder %.3f  total %.3f\n",
-              pipeline.load_seconds(), t.text_encoder, t.denoising, t.steps.size(), t.vae_decoder, t.total);
+              load, t.text_encoder, t.denoising, t.steps.size(), t.vae_decoder, t.total);
   return 0;
 }
 

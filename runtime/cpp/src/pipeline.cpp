@@ -83,9 +83,10 @@ struct PlanStep {
   std::vector<double> latent_weights, output_weights;
 };
 
+// x starts as init_image_weight * latents given + init_noise_sigma * noise (stream 0).
 struct Plan {
   std::string sampler;
-  double init_noise_sigma = 1;
+  double init_noise_sigma = 1, init_image_weight = 0;
   std::vector<PlanStep> steps;
 };
 
@@ -99,6 +100,8 @@ Plan plan_from_json(const json::Value& data, const std::string& what) {
   Plan plan;
   plan.sampler = data.at("sampler", what).string(what + " sampler");
   plan.init_noise_sigma = data.at("init_noise_sigma", what).number(what + " init_noise_sigma");
+  const json::Value* image_weight = data.find("init_image_weight");
+  plan.init_image_weight = image_weight ? image_weight->number(what + " init_image_weight") : 0.0;
   for (const auto& step : data.at("steps", what).array(what + " steps")) {
     PlanStep s;
     s.timestep = static_cast<float>(step.at("timestep", what).number(what + " timestep"));
@@ -133,13 +136,14 @@ struct Pipeline::Impl {
   ov::InferRequest unet_request, vae_request;
   std::vector<std::string> time_id_fields;  // SDXL's size conditions, in the UNet's order
   bool force_zeros_for_empty_prompt = false, embedded_guidance = false;
+  double num_train_timesteps = 1000;
   int latent_channels = 4, vae_scale_factor = 8, size_multiple = 8, default_height = 512, default_width = 512;
   float vae_scaling_factor = 0.18215f, vae_shift_factor = 0.0f;
   bool has_shift = false;
   fs::path plans_path;
   bool extension_added = false;
   std::unique_ptr<json::Value> plans;  // read on first use
-  double load_seconds = 0;
+  double load_seconds = 0, denoise_seconds = 0;
   Timings timings;
 
   void open(const std::string& folder) {
@@ -191,6 +195,9 @@ struct Pipeline::Impl {
       force_zeros_for_empty_prompt = zeros->boolean("force_zeros_for_empty_prompt");
     }
     latent_channels = static_cast<int>(pipeline.at("latent_channels", "pipeline").integer("latent_channels"));
+    if (const json::Value* trained = pipeline.at("scheduler", "pipeline").find("num_train_timesteps")) {
+      num_train_timesteps = trained->number("num_train_timesteps");
+    }
     vae_scale_factor = static_cast<int>(pipeline.at("vae_scale_factor", "pipeline").integer("vae_scale_factor"));
     const json::Value* multiple = pipeline.find("size_multiple");
     size_multiple = multiple ? static_cast<int>(multiple->integer("size_multiple")) : vae_scale_factor;
@@ -361,7 +368,60 @@ struct Pipeline::Impl {
 
   std::string default_scheduler() { return plan_document().at("default_sampler", "sampler_plans").string("sampler"); }
 
+  // The plan of the request: the stored (or --plan file's) one for its sampler and steps, cut at
+  // denoising_end; with denoising_start, the artifact's hand-off plan (runtime/samplers.py).
   Plan find_plan(const Request& request) {
+    if (request.denoising_start) return handoff_plan(request);
+    Plan plan = full_plan(request);
+    if (request.denoising_end) {  // runtime/samplers.py end_plan_at
+      double cut = cutoff(*request.denoising_end, "denoising_end");
+      auto kept = std::count_if(plan.steps.begin(), plan.steps.end(), [&](const PlanStep& s) { return s.timestep >= cut; });
+      plan.steps.resize(static_cast<std::size_t>(kept));
+    }
+    return plan;
+  }
+
+  // diffusers' discrete_timestep_cutoff: the training timestep `fraction` of the way to the image.
+  double cutoff(double fraction, const std::string& name) const {
+    if (!(fraction > 0.0 && fraction < 1.0)) {
+      throw Error(name + " must be a fraction between 0 and 1 (exclusive), got " + std::to_string(fraction) + ".");
+    }
+    return std::nearbyint(num_train_timesteps - fraction * num_train_timesteps);  // Python's round: half to even
+  }
+
+  // A refiner's plan: the steps below the denoising_start cutoff of the full schedule, stored in
+  // sampler_plans.json's "handoffs" under the index of their first step.
+  Plan handoff_plan(const Request& request) {
+    if (!request.plan_file.empty()) {
+      throw Error("A hand-off plan comes from the refiner's artifact; leave out the plan file with denoising_start.");
+    }
+    double cut = cutoff(*request.denoising_start, "denoising_start");
+    Plan full = full_plan(request);
+    auto remaining = std::count_if(full.steps.begin(), full.steps.end(), [&](const PlanStep& s) { return s.timestep < cut; });
+    std::string first = std::to_string(request.steps - remaining);
+    if (remaining == 0) {  // the base ran every step: the latents are final
+      Plan none = full;
+      none.steps.clear();
+      none.init_noise_sigma = 0;
+      none.init_image_weight = 1;
+      return none;
+    }
+    const json::Value* handoffs = plan_document().find("handoffs");
+    const json::Value* by_steps = handoffs ? handoffs->find(full.sampler) : nullptr;
+    const json::Value* by_start = by_steps ? by_steps->find(std::to_string(request.steps)) : nullptr;
+    const json::Value* data = by_start ? by_start->find(first) : nullptr;
+    if (data == nullptr) {
+      std::ostringstream fraction;
+      fraction << *request.denoising_start;
+      throw Error("The artifact has no " + full.sampler + " hand-off plan for " + std::to_string(request.steps) +
+                  " steps from step " + first + " (denoising_start " + fraction.str() + "); add it with `sdrt plan " +
+                  root.string() + " --scheduler " + full.sampler + " --steps " + std::to_string(request.steps) +
+                  " --denoising-start " + fraction.str() + "`.");
+    }
+    return plan_from_json(*data, full.sampler + " hand-off plan");
+  }
+
+  Plan full_plan(const Request& request) {
     if (!request.plan_file.empty()) {
       json::Value data = json::Value::parse(read_text(request.plan_file), request.plan_file);
       Plan plan = plan_from_json(data, request.plan_file);
@@ -457,19 +517,52 @@ struct Pipeline::Impl {
     }
   }
 
-  // The time ids of the manifest's fields: (height, width) sizes, (0, 0) crops, the aesthetic score.
-  std::vector<float> time_ids(int height, int width, float aesthetic) const {
+  // The time ids of the manifest's fields for one half of the batch (runtime/request.py
+  // SizeConditions): sizes default to the image's (height, width), the crop to (0, 0). The
+  // unconditional half repeats the positive sizes and crop unless a negative one is given; then
+  // each negative size defaults to its positive one and the negative crop to (0, 0).
+  std::vector<float> time_ids(const Request& request, int height, int width, bool negative) const {
+    Pair image{height, width};
+    Pair original = request.original_size.value_or(image), target = request.target_size.value_or(image);
+    Pair crop = request.crops_coords_top_left;
+    float aesthetic = request.aesthetic_score;
+    if (negative) {
+      bool given = request.negative_original_size || request.negative_target_size ||
+                   request.negative_crops_coords_top_left;
+      original = request.negative_original_size.value_or(original);
+      target = request.negative_target_size.value_or(target);
+      crop = request.negative_crops_coords_top_left.value_or(given ? Pair{0, 0} : crop);
+      aesthetic = request.negative_aesthetic_score;
+    }
     std::vector<float> ids;
     for (const std::string& field : time_id_fields) {
-      if (field == "crops_coords_top_left") {
-        ids.insert(ids.end(), {0.0f, 0.0f});
-      } else if (field == "aesthetic_score") {
+      if (field == "aesthetic_score") {
         ids.push_back(aesthetic);
-      } else {
-        ids.insert(ids.end(), {static_cast<float>(height), static_cast<float>(width)});
+        continue;
       }
+      const Pair& pair = field == "original_size" ? original : field == "target_size" ? target : crop;
+      ids.insert(ids.end(), {static_cast<float>(pair[0]), static_cast<float>(pair[1])});
     }
     return ids;
+  }
+
+  static void check_conditions(const Request& request) {
+    auto check = [](const std::optional<Pair>& pair, const char* name, int least) {
+      if (pair && ((*pair)[0] < least || (*pair)[1] < least)) {
+        throw Error(std::string(name) + " must be a pair of integers (height, width), each >= " +
+                    std::to_string(least) + ", got (" + std::to_string((*pair)[0]) + ", " +
+                    std::to_string((*pair)[1]) + ").");
+      }
+    };
+    check(request.original_size, "original_size", 1);
+    check(request.target_size, "target_size", 1);
+    check(request.negative_original_size, "negative_original_size", 1);
+    check(request.negative_target_size, "negative_target_size", 1);
+    check(request.crops_coords_top_left, "crops_coords_top_left", 0);
+    check(request.negative_crops_coords_top_left, "negative_crops_coords_top_left", 0);
+    if (!std::isfinite(request.aesthetic_score) || !std::isfinite(request.negative_aesthetic_score)) {
+      throw Error("aesthetic_score and negative_aesthetic_score must be finite numbers.");
+    }
   }
 
   // A latent consistency model's guidance input (runtime/conditioning.py guidance_embedding).
@@ -486,9 +579,45 @@ struct Pipeline::Impl {
     return embedding;
   }
 
-  Image generate(const Request& request, const StepCallback& on_step) {
+  static bool default_conditions(const Request& r) {
+    return !r.original_size && !r.target_size && !r.negative_original_size && !r.negative_target_size &&
+           !r.negative_crops_coords_top_left && r.crops_coords_top_left == Pair{0, 0} && r.aesthetic_score == 6.0f &&
+           r.negative_aesthetic_score == 2.5f;
+  }
+
+  Latents denoise(const Request& request, const StepCallback& on_step) {
     int height = request.height > 0 ? request.height : default_height;
     int width = request.width > 0 ? request.width : default_width;
+    if (request.latents) {  // a base model's latents to finish: their size, unless the request names it
+      const std::vector<std::size_t>& given = request.latents->shape;
+      bool fits = given.size() == 4 && given[0] == 1 && given[1] == static_cast<std::size_t>(latent_channels) &&
+                  count(ov::Shape(given.begin(), given.end())) == request.latents->values.size();
+      if (!fits) {
+        throw Error("latents must have the shape [1, " + std::to_string(latent_channels) +
+                    ", height / " + std::to_string(vae_scale_factor) + ", width / " +
+                    std::to_string(vae_scale_factor) + "] with as many values, as a base model's denoise() gives.");
+      }
+      if (request.height <= 0) height = static_cast<int>(given[2]) * vae_scale_factor;
+      if (request.width <= 0) width = static_cast<int>(given[3]) * vae_scale_factor;
+      if (given[2] * vae_scale_factor != static_cast<std::size_t>(height) ||
+          given[3] * vae_scale_factor != static_cast<std::size_t>(width)) {
+        throw Error("The latents are of a " + std::to_string(given[3] * vae_scale_factor) + "x" +
+                    std::to_string(given[2] * vae_scale_factor) + " image, the request asks for " +
+                    std::to_string(width) + "x" + std::to_string(height) + "; leave the size out.");
+      }
+    }
+    if (request.denoising_start && !request.latents) {
+      throw Error("denoising_start continues a base model's latents (denoise() with denoising_end): pass them as "
+                  "latents.");
+    }
+    if (request.latents && !request.denoising_start) {
+      throw Error("latents are finished from denoising_start; set it to the base model's denoising_end.");
+    }
+    check_conditions(request);
+    if (time_id_fields.empty() && !default_conditions(request)) {
+      throw Error("original_size, crops_coords_top_left, target_size, aesthetic_score and their negative_ forms are "
+                  "SDXL's size conditions; this artifact's UNet takes none.");
+    }
     if (height % size_multiple != 0 || width % size_multiple != 0) {
       throw Error("height and width must be multiples of " + std::to_string(size_multiple) +
                   " for this model, got " + std::to_string(width) + "x" + std::to_string(height) + ".");
@@ -533,6 +662,10 @@ struct Pipeline::Impl {
     std::vector<float> x = gaussian_noise(request.seed, n, 0);
     auto sigma = static_cast<float>(plan.init_noise_sigma);
     for (float& v : x) v *= sigma;
+    if (plan.init_image_weight != 0.0) {  // a hand-off: the given latents (plus the plan's noise, none for SDXL)
+      auto weight = static_cast<float>(plan.init_image_weight);
+      for (std::size_t i = 0; i < n; ++i) x[i] = weight * request.latents->values[i] + x[i];
+    }
 
     // The UNet's inputs are allocated once and refilled every step; with guidance on, the latents
     // go in twice, as the unconditional and the conditional half of one batch.
@@ -547,8 +680,8 @@ struct Pipeline::Impl {
       std::copy(pooled.begin(), pooled.end(), text_embeds.data<float>());
       unet_request.set_tensor("text_embeds", text_embeds);
       std::vector<float> rows;
-      if (guided) rows = time_ids(height, width, 2.5f);  // the unconditional half: the refiner's negative score
-      std::vector<float> positive = time_ids(height, width, 6.0f);
+      if (guided) rows = time_ids(request, height, width, true);  // the unconditional half
+      std::vector<float> positive = time_ids(request, height, width, false);
       rows.insert(rows.end(), positive.begin(), positive.end());
       ov::Tensor ids_tensor = float_tensor({copies, positive.size()});
       std::copy(rows.begin(), rows.end(), ids_tensor.data<float>());
@@ -606,12 +739,23 @@ struct Pipeline::Impl {
       if (on_step) on_step(static_cast<int>(index), static_cast<int>(plan.steps.size()));
     }
     for (double s : timings.steps) timings.denoising += s;
+    timings.total = denoise_seconds = seconds_since(started);
+    return Latents{std::vector<std::size_t>(shape.begin(), shape.end()), std::move(x)};
+  }
 
-    tick = Clock::now();
+  Image decode(const Latents& given) {
+    auto tick = Clock::now();
+    ov::Shape shape(given.shape.begin(), given.shape.end());
+    std::size_t n = count(shape);
+    if (shape.size() != 4 || shape[0] != 1 || shape[1] != static_cast<std::size_t>(latent_channels) ||
+        n != given.values.size()) {
+      throw Error("decode() takes latents of shape [1, " + std::to_string(latent_channels) +
+                  ", height / f, width / f], as denoise() gives.");
+    }
     ov::Tensor latents = float_tensor(shape);
     float* scaled = latents.data<float>();
     for (std::size_t i = 0; i < n; ++i) {
-      scaled[i] = x[i] / vae_scaling_factor;
+      scaled[i] = given.values[i] / vae_scaling_factor;
       if (has_shift) scaled[i] += vae_shift_factor;
     }
     vae_request.set_tensor(vae_decoder.inputs.at(0), latents);
@@ -632,7 +776,7 @@ struct Pipeline::Impl {
       }
     }
     timings.vae_decoder = seconds_since(tick);
-    timings.total = seconds_since(started);
+    timings.total = denoise_seconds + timings.vae_decoder;
     return image;
   }
 };
@@ -651,10 +795,23 @@ Pipeline::Pipeline(Pipeline&&) noexcept = default;
 Pipeline& Pipeline::operator=(Pipeline&&) noexcept = default;
 
 Image Pipeline::generate(const Request& request, const StepCallback& on_step) {
+  Latents latents = denoise(request, on_step);
+  return decode(latents);
+}
+
+Latents Pipeline::denoise(const Request& request, const StepCallback& on_step) {
   try {
-    return impl_->generate(request, on_step);
+    return impl_->denoise(request, on_step);
   } catch (const ov::Exception& error) {
     throw Error(std::string("OpenVINO failed while generating: ") + error.what());
+  }
+}
+
+Image Pipeline::decode(const Latents& latents) {
+  try {
+    return impl_->decode(latents);
+  } catch (const ov::Exception& error) {
+    throw Error(std::string("OpenVINO failed while decoding: ") + error.what());
   }
 }
 

@@ -3,7 +3,9 @@
 // The host reads only the artifact's manifest (sdrt.json) and the files it names: the ONNX
 // text encoders, UNet and VAE decoder, the OpenVINO tokenizer models and the sampler plans. It
 // runs every family the manifest describes as data (SD 1.x/2.x, SDXL base and refiner, Turbo,
-// latent consistency models; docs/artifact.md section 2b).
+// latent consistency models; docs/artifact.md section 2b), and the SDXL base -> refiner hand-off
+// (diffusers' ensemble of experts: denoise() on the base with denoising_end, then on the refiner
+// with denoising_start and the base's latents).
 // Seeds drive the same portable generator as sdrt's Python runtime (Philox4x32-10 +
 // Box-Muller), so one seed gives the same image in Python and C++.
 //
@@ -18,6 +20,8 @@
 // message that says what to do.
 #pragma once
 
+#include <array>
+#include <cstddef>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -41,6 +45,15 @@ struct HostOptions {
   std::string vae;                  // a VAE added to the artifact under this name (e.g. taesd); empty: its own
 };
 
+// Latents as the denoiser leaves them ([1, channels, height / f, width / f], row-major).
+struct Latents {
+  std::vector<std::size_t> shape;
+  std::vector<float> values;
+};
+
+// A (height, width) size or a (top, left) offset in pixels, as diffusers' SDXL keywords.
+using Pair = std::array<int, 2>;
+
 struct Request {
   std::string prompt;
   // none: no negative prompt (an SDXL base then guides against zero embeddings, as diffusers);
@@ -54,6 +67,18 @@ struct Request {
   std::string scheduler;       // ddim, pndm, euler, euler_a, dpmpp_2m, dpmpp_2m_karras, lcm; empty: the model's own
   int width = 0, height = 0;   // pixels; 0: the model's default size
   std::string plan_file;       // a plan written by `sdrt plan ... -o FILE`; empty: the artifact's stored plans
+  // SDXL's size conditions: sizes unset are the image's; the negative ones as docs/families.md says
+  // (none given: the unconditional half repeats the positive ones); aesthetic scores: the refiner's.
+  std::optional<Pair> original_size, target_size, negative_original_size, negative_target_size;
+  Pair crops_coords_top_left{0, 0};
+  std::optional<Pair> negative_crops_coords_top_left;
+  float aesthetic_score = 6.0f, negative_aesthetic_score = 2.5f;
+  // The hand-off (fractions of the schedule in (0, 1)): denoising_end stops after the steps whose
+  // timestep is at or above the cutoff; denoising_start runs the rest from `latents` as they are,
+  // with the artifact's hand-off plan (`sdrt export` stores 0.8 for SDXL; `sdrt plan
+  // --denoising-start F` adds others). The size defaults to the latents'.
+  std::optional<double> denoising_end, denoising_start;
+  std::optional<Latents> latents;
 };
 
 struct Image {
@@ -78,7 +103,12 @@ class Pipeline {
   Pipeline(Pipeline&&) noexcept;
   Pipeline& operator=(Pipeline&&) noexcept;
 
+  // denoise() then decode().
   Image generate(const Request& request, const StepCallback& on_step = {});
+  // The latents after the request's plan (to denoising_end, when set), not decoded.
+  Latents denoise(const Request& request, const StepCallback& on_step = {});
+  // Pixels of latents with this artifact's VAE decoder (the one HostOptions::vae chose).
+  Image decode(const Latents& latents);
   const Timings& last_timings() const;
   double load_seconds() const;
   std::string default_scheduler() const;
