@@ -8,7 +8,7 @@ from sdrt.models.components import random_feeds
 from sdrt.runtime.artifact import open_artifact
 from sdrt.runtime.backends import SessionOptions, backend_module
 
-pytest.importorskip("openvino")
+ov = pytest.importorskip("openvino")
 
 
 def _feeds(spec, batch, latent):
@@ -45,3 +45,30 @@ def test_a_pipeline_makes_the_same_image_with_either_compile(tiny_artifact):
               for static in (True, False)]
     np.testing.assert_allclose(images[0], images[1], atol=1e-4)
     assert images[0].std() > 0
+
+
+def _runtime_layer_types(session) -> set[str]:
+    return {op.get_rt_info()["layerType"].astype(str) for op in session._compiled.get_runtime_model().get_ops()}
+
+
+def test_the_vae_decoder_runs_long_attention_unfused(tiny_artifact, tiny_taesd_artifact):
+    """From UNFUSED_ATTENTION_POSITIONS latent positions the VAE decoder's attention is compiled
+    without OpenVINO's fused kernels (a Softmax layer of its own), below it and for networks
+    without attention as before; the results agree either way."""
+    openvino = backend_module("openvino")
+    artifact = open_artifact(tiny_artifact)
+    decoder = openvino.open_session(artifact.component_for_role("vae_decoder"), SessionOptions())
+    side = int(np.sqrt(openvino.UNFUSED_ATTENTION_POSITIONS))
+    latents = {"latent_sample": np.random.default_rng(1).standard_normal((1, 4, side, side)).astype(np.float32)}
+    unfused = decoder.run(latents)["sample"]
+    assert "Softmax" in _runtime_layer_types(decoder)
+    decoder._long_attention = lambda model, shapes: False
+    decoder._compile({"latent_sample": (1, 4, side, side)})
+    assert "Softmax" not in _runtime_layer_types(decoder)  # fused into a generated kernel
+    np.testing.assert_allclose(unfused, decoder.run(latents)["sample"], atol=1e-4)
+    small = openvino.open_session(artifact.component_for_role("vae_decoder"), SessionOptions())
+    small.run({"latent_sample": latents["latent_sample"][:, :, :side // 2, :side // 2]})
+    assert "Softmax" not in _runtime_layer_types(small)
+    taesd = open_artifact(tiny_taesd_artifact[0]).component_for_role("vae_decoder", vae="taesd")
+    assert not openvino.open_session(taesd, SessionOptions())._long_attention(
+        ov.Core().read_model(str(taesd.path)), {"latent_sample": (1, 4, side, side)})

@@ -17,6 +17,13 @@ from . import Capabilities, SessionOptions, cast_feeds, mapped
 
 DEVICES = {"cpu": "CPU", "gpu": "GPU", "npu": "NPU"}
 PRECISION_HINTS = {"fp32": "f32", "bf16": "bf16"}
+# OpenVINO's CPU plugin fuses attention into one generated kernel (its "snippets"). The VAE
+# decoder's mid-block attends over every latent position in one head, and there the fused kernel
+# falls far behind the plain matrix kernels once the positions are many: the SDXL VAE decoder at
+# 128x128 latents took 35.1 s with it (9.0 s in the fused attention) and 27.0 s without, while at
+# 64x64 the fusion was the faster (6.35 s against 6.63 s; bf16, 2 cores;
+# benchmarks/results/2026-12-07-profile-networks). From this many positions it is turned off.
+UNFUSED_ATTENTION_POSITIONS = 128 * 128
 CAPABILITIES = Capabilities(devices=tuple(DEVICES), default_device="cpu", precisions=tuple(PRECISION_HINTS),
                             static_shapes=True)
 
@@ -95,13 +102,25 @@ class OpenVinoSession:
         # for ONNX weight files only (an OpenVINO model's .bin may be used in place).
         files = set(self._component.files)
         onnx = self._device == "CPU" and self._component.path.suffix == ".onnx"
+        config = self._config
+        if shapes is not None and not isinstance(model, str) and self._long_attention(model, shapes):
+            config = {**config, "SNIPPETS_MODE": "DISABLE"}
         with mapped.releasing(files) if onnx else contextlib.nullcontext():
-            self._compiled = self._core.compile_model(model, self._device, self._config)
+            self._compiled = self._core.compile_model(model, self._device, config)
             del model
         self._request = self._compiled.create_infer_request()
         self._shapes = None if shapes is None else tuple(shapes.items())
         self._shapes_seen = set()
         self._mapped_files = files if onnx and mapped.mapped_ranges(files) else set()
+
+    def _long_attention(self, model: ov.Model, shapes: dict[str, tuple[int, ...]]) -> bool:
+        """A VAE decoder with attention, on the CPU, at UNFUSED_ATTENTION_POSITIONS or more."""
+        if self._device != "CPU" or self._component.entry.get("role") != "vae_decoder":
+            return False
+        latents = shapes.get(self.input_names[0], ())
+        if len(latents) != 4 or latents[2] * latents[3] < UNFUSED_ATTENTION_POSITIONS:
+            return False
+        return any(op.get_type_name() == "Softmax" for op in model.get_ops())  # (the tiny autoencoder has none)
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         feeds = cast_feeds(feeds, self._dtypes)
