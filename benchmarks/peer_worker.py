@@ -240,7 +240,9 @@ class PeerEngine:
         try:
             started = time.perf_counter()
             with torch.inference_mode():
-                image = pipe(settings["prompt"], negative_prompt=settings["negative_prompt"] or None,
+                # (a latent consistency model's pipeline takes no negative_prompt at all)
+                negative = {"negative_prompt": settings["negative_prompt"]} if settings["negative_prompt"] else {}
+                image = pipe(settings["prompt"], **negative,
                              num_inference_steps=settings["steps"], guidance_scale=settings["guidance"],
                              height=settings["height"], width=settings["width"], latents=latents,
                              generator=torch.Generator().manual_seed(settings["seed"]), output_type="pil").images[0]

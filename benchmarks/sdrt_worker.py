@@ -58,7 +58,9 @@ class SdrtEngine:
         settings = self.settings
         self.memory.take()
         started = time.perf_counter()
-        result = self.pipeline(settings["prompt"], settings["negative_prompt"],
+        # no negative prompt when it is empty, as the peers are called (an SDXL base then guides
+        # against zeros; a latent consistency model takes none)
+        result = self.pipeline(settings["prompt"], settings["negative_prompt"] or None,
                                num_inference_steps=settings["steps"], guidance_scale=settings["guidance"],
                                height=settings["height"], width=settings["width"], seed=settings["seed"],
                                scheduler=settings["sampler"], output_type="pil")

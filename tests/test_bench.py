@@ -254,6 +254,21 @@ def test_bench_on_the_demo_model_against_diffusers(tmp_path, capsys):
 
 
 @pytest.mark.slow
+def test_bench_runs_a_latent_consistency_model_against_diffusers(tiny_lcm_artifact, tiny_lcm_checkpoint, tmp_path):
+    """A model that takes no negative prompt (guidance is an input of its UNet) runs in both
+    workers, and one deterministic lcm step agrees with diffusers' LatentConsistencyModelPipeline."""
+    pytest.importorskip("diffusers")
+    out = tmp_path / "run"
+    assert main(["bench", "--artifact", str(tiny_lcm_artifact), "--checkpoint", str(tiny_lcm_checkpoint),
+                 "--backends", "onnxruntime", "--steps", "1", "--guidance", "8.5", "--sampler", "lcm", "--size",
+                 "64x48", "--repeats", "1", "--warmup", "0", "--no-cold-start", "--threads", "1", "--compare",
+                 "diffusers", "--peer-python", sys.executable, "--out", str(out)]) == 0
+    lines = report.read_jsonl(out / "results.jsonl")
+    agreement = {x["engine"]: x["mean_abs_pixel_difference"] for x in lines if x["type"] == "agreement"}
+    assert agreement["sdrt/onnxruntime/fp32"] < 1.0
+
+
+@pytest.mark.slow
 def test_bench_runs_sdrt_in_its_default_configuration_and_leaves_no_engines(tmp_path, monkeypatch):
     """The first load and the fresh-process load are both measured; sdrt keeps no compiled
     engines on the CPU by default, so nothing is written to the user's cache."""
