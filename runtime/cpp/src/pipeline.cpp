@@ -662,6 +662,10 @@ struct Pipeline::Impl {
     std::vector<float> x = gaussian_noise(request.seed, n, 0);
     auto sigma = static_cast<float>(plan.init_noise_sigma);
     for (float& v : x) v *= sigma;
+    if (plan.init_image_weight != 0.0 && !request.latents) {
+      throw Error("This plan starts from a model's latents (a hand-off plan): pass them as latents with "
+                  "denoising_start.");
+    }
     if (plan.init_image_weight != 0.0) {  // a hand-off: the given latents (plus the plan's noise, none for SDXL)
       auto weight = static_cast<float>(plan.init_image_weight);
       for (std::size_t i = 0; i < n; ++i) x[i] = weight * request.latents->values[i] + x[i];
