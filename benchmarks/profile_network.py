@@ -53,6 +53,17 @@ def random_feeds(compiled, seed: int = 0) -> dict[str, np.ndarray]:
     return feeds
 
 
+def resident_gib() -> dict[str, float]:
+    """This process's anonymous and file-backed resident memory and its peak, from /proc/self/status."""
+    fields = {}
+    with open("/proc/self/status", encoding="ascii") as status:
+        for line in status:
+            key, _, value = line.partition(":")
+            if key in ("RssAnon", "RssFile", "VmHWM"):
+                fields[key] = int(value.split()[0]) / 2**20
+    return fields
+
+
 def profile(model_path: Path, shapes: dict[str, list[int]], precision: str, runs: int, threads: int,
             extra: dict[str, str] | None = None) -> dict:
     import openvino as ov
@@ -76,6 +87,7 @@ def profile(model_path: Path, shapes: dict[str, list[int]], precision: str, runs
     request = compiled.create_infer_request()
     feeds = random_feeds(compiled)
     request.infer(feeds)  # warm-up: first-call repacking
+    memory = resident_gib()  # (the read model is gone: what the compiled network keeps)
     calls = []
     for _ in range(runs):
         tick = time.perf_counter()
@@ -94,7 +106,7 @@ def profile(model_path: Path, shapes: dict[str, list[int]], precision: str, runs
     layers.sort(reverse=True)
     return {"model": str(model_path), "inputs": shapes, "precision": precision, "config": extra or {},
             "compile_s": compile_s,
-            "median_call_s": statistics.median(calls), "calls_s": calls,
+            "median_call_s": statistics.median(calls), "calls_s": calls, "memory_after_first_call_gib": memory,
             "counted_ms": sum(by_type.values()),
             "by_type_ms": dict(sorted(by_type.items(), key=lambda item: -item[1])),
             "by_kernel_ms": dict(sorted(by_kernel.items(), key=lambda item: -item[1])),
@@ -156,6 +168,8 @@ def print_report(result: dict, top: int) -> None:
     print(f"{result['model']}  {result['precision']} {result['config'] or ''}  compile {result['compile_s']:.1f} s  "
           f"call {result['median_call_s'] * 1e3:.0f} ms (median of {len(result['calls_s'])}; "
           f"counters sum {counted:.0f} ms)")
+    memory = result["memory_after_first_call_gib"]
+    print("after the first call: " + "  ".join(f"{key} {value:.2f} GiB" for key, value in memory.items()))
     print("by layer type:")
     for kind, ms in list(result["by_type_ms"].items())[:top]:
         print(f"  {kind:28s} {ms:9.1f} ms  {100 * ms / counted:5.1f}%")
